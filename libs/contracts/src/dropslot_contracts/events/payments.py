@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import uuid
+
+from ..envelope import Event
+from ..registry import register
+
+
+class PaymentEvent(Event):
+    payment_id: uuid.UUID
+    reservation_id: uuid.UUID
+    user_id: uuid.UUID | None = None
+    provider: str
+    status: str
+    amount_cents: int
+    currency: str
+
+
+@register
+class PaymentCreated(PaymentEvent):
+    TYPE = "payments.payment.created"
+
+
+@register
+class PaymentStatusChanged(PaymentEvent):
+    TYPE = "payments.payment.status_changed"
+    previous_status: str
+
+
+@register
+class PaymentSucceeded(PaymentEvent):
+    TYPE = "payments.payment.succeeded"
+
+
+@register
+class PaymentFailed(PaymentEvent):
+    TYPE = "payments.payment.failed"
+    reason: str
+
+
+@register
+class PaymentCanceled(PaymentEvent):
+    TYPE = "payments.payment.canceled"
+
+
+@register
+class PaymentRefunded(PaymentEvent):
+    TYPE = "payments.payment.refunded"
+    refunded_cents: int
+    total_refunded_cents: int
