@@ -1,0 +1,1 @@
+pytest_plugins = ["dropslot_kit.testing"]

@@ -1,0 +1,229 @@
+"""The app factory every service uses: health, readiness, metrics, problem+json, request
+context, and a lifespan that runs the database, broker, consumers, outbox relay and the
+service's own background loops."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dropslot_contracts import Actor
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from . import context, telemetry
+from .auth import JWKSVerifier
+from .broker import EventConsumers, Messaging
+from .context import CallContext
+from .db import Database
+from .errors import install_problem_handlers, problem_response
+from .outbox import OutboxRelay
+from .settings import KitSettings
+
+log = logging.getLogger("dropslot.app")
+
+Background = Callable[["ServiceRuntime"], Awaitable[None]]
+
+
+@dataclass
+class ServiceRuntime:
+    settings: KitSettings
+    db: Database | None
+    messaging: Messaging
+    relay: OutboxRelay | None
+    verifier: JWKSVerifier
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+async def supervise(name: str, loop: Callable[[], Awaitable[None]], *, restart_delay: float = 1.0) -> None:
+    """Keep a background loop running; a crash is logged and the loop restarted."""
+    while True:
+        try:
+            await loop()
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("background task %s crashed; restarting in %.0fs", name, restart_delay)
+            await asyncio.sleep(restart_delay)
+
+
+def _client_ip(scope: dict[str, Any], headers: dict[bytes, bytes]) -> str | None:
+    xff = headers.get(b"x-forwarded-for")
+    if xff:
+        return xff.split(b",")[0].strip().decode()
+    client = scope.get("client")
+    return client[0] if client else None
+
+
+class RequestContextMiddleware:
+    """Pure ASGI (cheap on the hot path): request id, actor ip/user agent, metrics."""
+
+    def __init__(self, app: Any, service: str):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = (headers.get(b"x-request-id") or uuid.uuid4().hex.encode()).decode()
+        ua = headers.get(b"user-agent")
+        token = context.set_current(
+            CallContext(
+                actor=Actor(ip=_client_ip(scope, headers), user_agent=ua.decode() if ua else None),
+                correlation_id=request_id,
+                request_id=request_id,
+            )
+        )
+        status = 500
+        started = time.perf_counter()
+
+        async def send_wrapper(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            context.reset(token)
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            if path not in ("/health", "/ready", "/metrics"):
+                telemetry.HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
+                telemetry.HTTP_LATENCY.labels(self.service, scope["method"], path).observe(
+                    time.perf_counter() - started
+                )
+
+
+def create_service_app(
+    settings: KitSettings,
+    *,
+    title: str,
+    routers: Sequence[APIRouter] = (),
+    consumers: EventConsumers | None = None,
+    background: Sequence[tuple[str, Background]] = (),
+    with_db: bool = True,
+    on_startup: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[ServiceRuntime], Awaitable[None]] | None = None,
+) -> FastAPI:
+    telemetry.setup_logging(settings.service, settings.log_level, settings.log_json)
+    telemetry.setup_tracing(settings.service, settings.otlp_endpoint)
+
+    db = Database(settings) if with_db else None
+    messaging = Messaging(settings, db, consumers)
+    verifier = JWKSVerifier(settings.jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+
+    async def publish(routing_key: str, body: bytes, message_id: str, headers: dict[str, Any]) -> None:
+        await messaging.publish_raw(routing_key, body, message_id=message_id, headers=headers)
+
+    relay = OutboxRelay(settings, publish) if db is not None else None
+    rt = ServiceRuntime(settings=settings, db=db, messaging=messaging, relay=relay, verifier=verifier)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await messaging.start()
+        if on_startup is not None:
+            await on_startup(rt)
+        if relay is not None:
+            rt.tasks.append(asyncio.create_task(supervise("outbox-relay", relay.run)))
+            rt.tasks.append(asyncio.create_task(supervise("outbox-metrics", lambda: _backlog_loop(relay))))
+        for name, loop in background:
+            rt.tasks.append(asyncio.create_task(supervise(name, lambda loop=loop: loop(rt))))  # type: ignore[misc]
+        log.info("%s started", settings.service)
+        try:
+            yield
+        finally:
+            for task in rt.tasks:
+                task.cancel()
+            await asyncio.gather(*rt.tasks, return_exceptions=True)
+            if on_shutdown is not None:
+                await on_shutdown(rt)
+            with contextlib.suppress(Exception):
+                await messaging.stop()
+            if relay is not None:
+                await relay.close()
+            if db is not None:
+                await db.dispose()
+
+    app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json")
+    app.state.rt = rt
+    app.state.verifier = verifier
+    install_problem_handlers(app)
+    for router in routers:
+        app.include_router(router)
+    app.add_api_route("/health", _health(settings.service), methods=["GET"], include_in_schema=False)
+    app.add_api_route("/ready", _ready(rt), methods=["GET"], include_in_schema=False)
+    app.add_api_route("/metrics", _metrics, methods=["GET"], include_in_schema=False)
+    app.add_api_route("/asyncapi.json", _asyncapi(rt), methods=["GET"], include_in_schema=False)
+    app.add_middleware(RequestContextMiddleware, service=settings.service)
+    if telemetry.tracing_enabled():
+        from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+        FastAPIInstrumentor.instrument_app(app, excluded_urls="health,ready,metrics")
+    return app
+
+
+async def _backlog_loop(relay: OutboxRelay) -> None:
+    while True:
+        with contextlib.suppress(Exception):
+            if relay._pool is not None:  # noqa: SLF001
+                await relay.measure_backlog()
+        await asyncio.sleep(2.0)
+
+
+def _health(service: str) -> Callable[[], Awaitable[dict[str, str]]]:
+    async def health() -> dict[str, str]:
+        return {"status": "ok", "service": service}
+
+    return health
+
+
+def _ready(rt: ServiceRuntime) -> Callable[[], Awaitable[Response]]:
+    async def ready() -> Response:
+        checks: dict[str, Any] = {}
+        if rt.db is not None:
+            try:
+                await asyncio.wait_for(rt.db.ping(), 2.0)
+                checks["database"] = "ok"
+            except Exception as exc:
+                checks["database"] = f"down: {type(exc).__name__}"
+        try:
+            checks["broker"] = "ok" if await rt.messaging.ping() else "down"
+        except Exception as exc:
+            checks["broker"] = f"down: {type(exc).__name__}"
+        attached = await rt.messaging.consumers_attached()
+        checks["consumers"] = {q: ("attached" if ok else "detached") for q, ok in attached.items()}
+        ok = all(v == "ok" for k, v in checks.items() if k != "consumers") and all(attached.values())
+        body = {"status": "ready" if ok else "not-ready", "service": rt.settings.service, "checks": checks}
+        if ok:
+            return JSONResponse(body)
+        return problem_response(503, "not-ready", "Service not ready", **body)
+
+    return ready
+
+
+async def _metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+def _asyncapi(rt: ServiceRuntime) -> Callable[[], Awaitable[Response]]:
+    async def asyncapi() -> Response:
+        from faststream.specification import AsyncAPI
+
+        spec = AsyncAPI(rt.messaging.broker, title=f"dropslot-{rt.settings.service}")
+        return Response(spec.to_specification().to_json(), media_type="application/json")
+
+    return asyncapi

@@ -1,0 +1,30 @@
+"""Per-request (or per-message) context: who acts, and which request/correlation this is."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass, field
+
+from dropslot_contracts import Actor
+
+
+@dataclass(frozen=True)
+class CallContext:
+    actor: Actor = field(default_factory=Actor)
+    correlation_id: str | None = None
+    request_id: str | None = None
+
+
+_current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("dropslot_call", default=CallContext())
+
+
+def current() -> CallContext:
+    return _current.get()
+
+
+def set_current(ctx: CallContext) -> contextvars.Token[CallContext]:
+    return _current.set(ctx)
+
+
+def reset(token: contextvars.Token[CallContext]) -> None:
+    _current.reset(token)

@@ -1,0 +1,246 @@
+"""Starts the whole system as local processes: what `make dev` runs and what the
+end-to-end tests start (on free ports, with their own database and broker namespace)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit
+
+from .settings import SERVICES_WITH_DB, KitSettings
+
+BACKENDS = SERVICES_WITH_DB
+DEFAULT_PORTS = {
+    "gateway": 8000,
+    "identity": 8001,
+    "catalog": 8002,
+    "booking": 8003,
+    "payments": 8004,
+    "notifications": 8005,
+    "webhooks": 8006,
+    "audit": 8007,
+}
+
+
+class InfraUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def reachable(url: str, default_port: int, timeout: float = 1.5) -> bool:
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+HOW_TO_START = {
+    "PostgreSQL": "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start",
+    "RabbitMQ": "rabbitmq-server -detached",
+    "Redis": 'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no',
+}
+
+
+def check_infra(settings: KitSettings) -> None:
+    """Say which dependency is missing and how to start it, instead of a traceback later."""
+    missing = []
+    for name, url, port in (
+        ("PostgreSQL", settings.admin_database_url, 5432),
+        ("RabbitMQ", settings.rabbit_url, 5672),
+        ("Redis", settings.redis_url, 6379),
+    ):
+        if not reachable(url, port):
+            safe = urlsplit(url)
+            where = f"{safe.hostname}:{safe.port or port}"
+            missing.append(f"  - {name} is not reachable at {where}. Start it (e.g. `{HOW_TO_START[name]}`) "
+                           f"or point DROPSLOT_* at a running one.")
+    if missing:
+        raise InfraUnavailable("DropSlot needs these services:\n" + "\n".join(missing))
+
+
+def prepare_database(settings: KitSettings, *, log: IO[str] | None = None) -> None:
+    from .bootstrap import bootstrap
+    from .migrate import upgrade
+
+    dbname = asyncio.run(bootstrap(settings))
+    _say(log, f"database {dbname}: schemas and roles ready")
+    for service in BACKENDS:
+        upgrade(service, settings)
+        _say(log, f"{service}: migrated")
+
+
+def _say(log: IO[str] | None, msg: str) -> None:
+    print(msg, file=log or sys.stdout, flush=True)
+
+
+@dataclass
+class Proc:
+    name: str
+    service: str
+    port: int
+    popen: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class System:
+    env: dict[str, str] = field(default_factory=dict)
+    booking_replicas: int = 2
+    free_ports: bool = False
+    log_dir: Path | None = None  # None: stream prefixed output to stdout
+    gateway_port: int | None = None
+    procs: list[Proc] = field(default_factory=list)
+
+    def plan(self) -> None:
+        port = (lambda name: free_port()) if self.free_ports else None
+        self.procs = []
+        for service in BACKENDS:
+            replicas = self.booking_replicas if service == "booking" else 1
+            for i in range(replicas):
+                p = port(service) if port else DEFAULT_PORTS[service] + 10 * i
+                name = f"{service}-{i + 1}" if replicas > 1 else service
+                self.procs.append(Proc(name, service, p))
+        gw = self.gateway_port or (free_port() if self.free_ports else DEFAULT_PORTS["gateway"])
+        self.procs.append(Proc("gateway", "gateway", gw))
+
+    @property
+    def gateway(self) -> Proc:
+        return next(p for p in self.procs if p.service == "gateway")
+
+    def service_urls(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        for p in self.procs:
+            if p.service != "gateway":
+                out.setdefault(p.service, []).append(p.url)
+        return out
+
+    def _env_for(self, proc: Proc) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        identity = self.service_urls()["identity"][0]
+        env.setdefault("DROPSLOT_JWKS_URL", f"{identity}/api/v1/auth/jwks.json")
+        env.setdefault("DROPSLOT_PUBLIC_BASE_URL", self.gateway.url)
+        env["DROPSLOT_INSTANCE"] = proc.name
+        if proc.service == "gateway":
+            env["DROPSLOT_UPSTREAMS"] = json.dumps(self.service_urls())
+        return env
+
+    def start(self) -> None:
+        if not self.procs:
+            self.plan()
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        for proc in self.procs:
+            cmd = [
+                sys.executable, "-m", "uvicorn", f"dropslot_{proc.service}.main:create_app", "--factory",
+                "--host", "127.0.0.1", "--port", str(proc.port), "--no-access-log",
+                "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+                "--timeout-graceful-shutdown", "5",
+            ]
+            if self.log_dir is not None:
+                proc.log_path = self.log_dir / f"{proc.name}.log"
+                out = open(proc.log_path, "ab")  # noqa: SIM115  (closed with the process)
+                proc.popen = subprocess.Popen(cmd, env=self._env_for(proc), stdout=out, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL, start_new_session=True)
+                out.close()
+            else:
+                proc.popen = subprocess.Popen(cmd, env=self._env_for(proc), stdout=subprocess.PIPE,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              start_new_session=True)
+                threading.Thread(target=_pump, args=(proc,), daemon=True).start()
+
+    def wait_ready(self, timeout: float = 60.0) -> dict[str, object]:
+        deadline = time.monotonic() + timeout
+        last: object = None
+        while time.monotonic() < deadline:
+            for proc in self.procs:
+                if proc.popen is not None and proc.popen.poll() is not None:
+                    raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}{self._tail(proc)}")
+            try:
+                with urllib.request.urlopen(self.gateway.url + "/ready", timeout=3) as resp:
+                    body = json.loads(resp.read())
+                    if resp.status == 200:
+                        return body  # type: ignore[no-any-return]
+            except urllib.error.HTTPError as exc:
+                last = exc.read().decode(errors="replace")[:2000]
+            except (OSError, ValueError) as exc:
+                last = repr(exc)
+            time.sleep(0.5)
+        raise TimeoutError(f"system not ready after {timeout:.0f}s; last /ready: {last}")
+
+    def _tail(self, proc: Proc, lines: int = 40) -> str:
+        if proc.log_path and proc.log_path.exists():
+            return "\n--- " + proc.name + " log ---\n" + "\n".join(proc.log_path.read_text().splitlines()[-lines:])
+        return ""
+
+    def logs(self) -> str:
+        return "\n".join(self._tail(p) for p in self.procs)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for proc in self.procs:
+            if proc.popen is not None and proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            if proc.popen is None:
+                continue
+            try:
+                proc.popen.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.popen.wait()
+
+    def find(self, name: str) -> Proc:
+        return next(p for p in self.procs if p.name == name)
+
+    def restart(self, name: str) -> None:
+        """Stop and start one process (fault tests)."""
+        proc = self.find(name)
+        if proc.popen is not None and proc.popen.poll() is None:
+            os.killpg(proc.popen.pid, signal.SIGTERM)
+            proc.popen.wait(10)
+        procs, self.procs = self.procs, [proc]
+        try:
+            self.start()
+        finally:
+            self.procs = procs
+
+
+_print_lock = threading.Lock()
+
+
+def _pump(proc: Proc) -> None:
+    assert proc.popen is not None and proc.popen.stdout is not None
+    width = 15
+    for raw in iter(proc.popen.stdout.readline, b""):
+        line = raw.decode(errors="replace").rstrip()
+        with _print_lock:
+            print(f"{proc.name:<{width}}| {line}", flush=True)

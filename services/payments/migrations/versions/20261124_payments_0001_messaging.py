@@ -1,0 +1,24 @@
+"""outbox and inbox
+
+Revision ID: payments_0001
+Revises:
+Create Date: 2026-11-24
+"""
+
+from alembic import op
+from dropslot_kit.migrations import create_messaging_tables
+
+revision = "payments_0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_messaging_tables(op, "payments")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE IF EXISTS payments.inbox")
+    op.execute("DROP TABLE IF EXISTS payments.outbox")
+    op.execute("DROP FUNCTION IF EXISTS payments.outbox_notify() CASCADE")

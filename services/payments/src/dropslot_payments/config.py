@@ -1,0 +1,5 @@
+from dropslot_kit.settings import KitSettings
+
+
+class Settings(KitSettings):
+    service: str = "payments"

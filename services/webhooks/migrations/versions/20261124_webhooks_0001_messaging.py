@@ -1,0 +1,24 @@
+"""outbox and inbox
+
+Revision ID: webhooks_0001
+Revises:
+Create Date: 2026-11-24
+"""
+
+from alembic import op
+from dropslot_kit.migrations import create_messaging_tables
+
+revision = "webhooks_0001"
+down_revision = None
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    create_messaging_tables(op, "webhooks")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE IF EXISTS webhooks.inbox")
+    op.execute("DROP TABLE IF EXISTS webhooks.outbox")
+    op.execute("DROP FUNCTION IF EXISTS webhooks.outbox_notify() CASCADE")
