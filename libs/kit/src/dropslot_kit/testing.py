@@ -225,3 +225,31 @@ async def http(system: RunningSystem) -> AsyncIterator[Any]:
 
     async with httpx.AsyncClient(base_url=system.api, timeout=20.0) as client:
         yield client
+
+
+# --- API helpers for end-to-end tests (public API only, see API.md) ------------------------------
+def unique_email(prefix: str = "user") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}@example.com"
+
+
+async def sign_up(http: Any, *, email: str | None = None, password: str = "correct horse battery staple 9",
+                  name: str = "Test User") -> dict[str, Any]:
+    """Register and sign in; returns {id, email, password, access_token, refresh_token, headers}."""
+    email = email or unique_email()
+    r = await http.post("/auth/register", json={"email": email, "password": password, "name": name})
+    assert r.status_code == 201, r.text
+    user = r.json()
+    r = await http.post("/auth/login", json={"email": email, "password": password})
+    assert r.status_code == 200, r.text
+    tokens = r.json()
+    return {
+        **user, "email": email, "password": password, **tokens,
+        "headers": {"Authorization": f"Bearer {tokens['access_token']}"},
+    }
+
+
+async def create_store(http: Any, owner: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
+    slug = f"store-{uuid.uuid4().hex[:10]}"
+    r = await http.post("/stores", json={"name": name or slug, "slug": slug}, headers=owner["headers"])
+    assert r.status_code == 201, r.text
+    return dict(r.json())

@@ -1,0 +1,198 @@
+"""Outbox → RabbitMQ → inbox, against the real PostgreSQL and RabbitMQ.
+
+A producer (the catalog schema) writes events in its transactions; a consumer (the audit
+schema) records their effect in a probe table. Nothing of ours is mocked: the relay, the
+topology, retries and the dead-letter queue are the kit's own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+
+import aio_pika
+import pytest
+from dropslot_contracts import Envelope
+from dropslot_contracts.events.catalog import StoreUpdated
+from dropslot_kit.broker import EventConsumers, Messaging
+from dropslot_kit.db import Database
+from dropslot_kit.outbox import OutboxRelay
+from dropslot_kit.testing import eventually
+from sqlalchemy import text
+
+from .tcp_proxy import TcpProxy
+
+
+def store_event(name: str = "s") -> StoreUpdated:
+    return StoreUpdated(store_id=uuid.uuid4(), tenant_key="t1", name=name, slug=name)
+
+
+class Harness:
+    """One producer and one consumer service, wired by the kit exactly as services are."""
+
+    def __init__(self, settings, *, rabbit_url: str | None = None):
+        self.handler = f"probe_{uuid.uuid4().hex[:8]}"
+        self.fail_names: set[str] = set()
+        s = settings.model_copy(update={"retry_delays_ms": [100, 200]})
+        self.producer_settings = s.model_copy(update={"service": "catalog", **({"rabbit_url": rabbit_url} if rabbit_url else {})})
+        self.consumer_settings = s.model_copy(update={"service": "audit"})
+        self.producer_db = Database(self.producer_settings)
+        self.consumer_db = Database(self.consumer_settings)
+        consumers = EventConsumers("audit")
+
+        @consumers.on("catalog.store.*", name=self.handler)
+        async def record(env: Envelope, uow) -> None:
+            if env.data["name"] in self.fail_names:
+                raise RuntimeError("poison")
+            await uow.execute("INSERT INTO kit_probe (event_id, handler, name) VALUES (:e, :h, :n)",
+                              {"e": env.id, "h": self.handler, "n": env.data["name"]})
+
+        self.producer = Messaging(self.producer_settings, self.producer_db)
+        self.consumer = Messaging(self.consumer_settings, self.consumer_db, consumers)
+        self.relay = OutboxRelay(self.producer_settings, self._publish)
+        self.relay_task: asyncio.Task | None = None
+
+    async def _publish(self, rk, body, mid, headers):
+        await self.producer.publish_raw(rk, body, message_id=mid, headers=headers)
+
+    async def start(self, *, relay: bool = True) -> None:
+        async with self.consumer_db.engine.begin() as conn:
+            await conn.execute(text(
+                "CREATE TABLE IF NOT EXISTS kit_probe (event_id uuid, handler text, name text, at timestamptz DEFAULT now())"
+            ))
+        await self.producer.start()
+        await self.consumer.start()
+        if relay:
+            self.start_relay()
+
+    def start_relay(self) -> None:
+        self.relay_task = asyncio.create_task(self.relay.run())
+
+    async def stop_relay(self) -> None:
+        if self.relay_task:
+            self.relay_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.relay_task
+            self.relay_task = None
+        await self.relay.close()
+
+    async def stop(self) -> None:
+        await self.stop_relay()
+        await self.consumer.stop()
+        await self.producer.stop()
+        await self.producer_db.dispose()
+        await self.consumer_db.dispose()
+
+    async def emit(self, *names: str) -> list[uuid.UUID]:
+        async with self.producer_db.uow() as uow:
+            envs = [uow.emit(store_event(n)) for n in names]
+        return [e.id for e in envs]
+
+    async def effects(self) -> dict[str, int]:
+        async with self.consumer_db.engine.connect() as conn:
+            rows = await conn.execute(
+                text("SELECT name, count(*) FROM kit_probe WHERE handler = :h GROUP BY name"), {"h": self.handler}
+            )
+            return {name: n for name, n in rows}
+
+    async def outbox_count(self) -> int:
+        async with self.producer_db.engine.connect() as conn:
+            return (await conn.execute(text("SELECT count(*) FROM outbox"))).scalar_one()
+
+
+@pytest.fixture
+async def harness(test_settings):
+    h = Harness(test_settings)
+    await h.start()
+    yield h
+    await h.stop()
+
+
+async def test_event_reaches_other_service_once_even_when_delivered_twice(harness, test_settings):
+    [event_id] = await harness.emit("twice")
+    await eventually(lambda: _has(harness, "twice"), what="first delivery")
+    # Deliver the very same envelope again, as a redelivery after a lost ack would.
+    env = Envelope.wrap(store_event("twice"), producer="catalog").model_copy(update={"id": event_id})
+    await harness.producer.publish_raw(env.routing_key, env.model_dump_json().encode(),
+                                       message_id=str(event_id), headers={})
+    await harness.emit("marker")  # published after the duplicate; handled after it
+    await eventually(lambda: _has(harness, "marker"), what="marker")
+    assert (await harness.effects())["twice"] == 1
+
+
+async def test_event_is_not_published_when_its_transaction_rolls_back(harness):
+    with pytest.raises(RuntimeError):
+        async with harness.producer_db.uow() as uow:
+            uow.emit(store_event("rolled-back"))
+            raise RuntimeError("business rule failed after emitting")
+    await harness.emit("after-rollback")
+    await eventually(lambda: _has(harness, "after-rollback"), what="later event")
+    assert "rolled-back" not in await harness.effects()
+    assert await harness.outbox_count() == 0
+
+
+async def test_poison_message_is_dead_lettered_after_retries_while_others_flow(harness, test_settings):
+    harness.fail_names.add("poison")
+    await harness.emit("poison")
+    await harness.emit("good-1", "good-2")
+    await eventually(lambda: _has(harness, "good-1", "good-2"), what="later messages")
+    qname = f"{test_settings.broker_namespace}.audit.{harness.handler}"
+
+    async def dead() -> aio_pika.abc.AbstractIncomingMessage | None:
+        conn = await aio_pika.connect(test_settings.rabbit_url)
+        async with conn:
+            ch = await conn.channel()
+            q = await ch.declare_queue(f"{qname}.dlq", passive=True)
+            msg = await q.get(fail=False, no_ack=True)
+            return msg
+
+    msg = await eventually(dead, timeout=20, what="message in the DLQ")
+    assert Envelope.model_validate_json(msg.body).data["name"] == "poison"
+    assert msg.headers["x-dropslot-attempt"] == 2  # two retries (100 ms, 200 ms), then dead-lettered
+    assert "poison" in msg.headers["x-dropslot-error"]
+    assert "poison" not in await harness.effects()
+
+
+async def test_events_written_while_relay_is_down_are_published_when_it_returns(harness):
+    await harness.stop_relay()
+    names = [f"offline-{i}" for i in range(50)]
+    for chunk in range(0, 50, 10):
+        await harness.emit(*names[chunk:chunk + 10])
+    await asyncio.sleep(0.5)
+    assert await harness.outbox_count() == 50 and not (await harness.effects())
+    harness.start_relay()
+    await eventually(lambda: _has(harness, *names), timeout=20, what="all 50 events")
+    assert all(n == 1 for n in (await harness.effects()).values())
+    assert await harness.outbox_count() == 0
+
+
+async def test_events_written_while_broker_is_unreachable_are_published_when_it_returns(test_settings):
+    """The producer reaches RabbitMQ through a proxy we cut: a real network outage."""
+    from urllib.parse import urlsplit
+
+    target = urlsplit(test_settings.rabbit_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    await proxy.start()
+    h = Harness(test_settings, rabbit_url=f"amqp://guest:guest@127.0.0.1:{proxy.port}/")
+    await h.start()
+    try:
+        await h.emit("before-outage")
+        await eventually(lambda: _has(h, "before-outage"), what="event before the outage")
+        await proxy.stop()  # the broker is now unreachable for the producer
+        names = [f"outage-{i}" for i in range(20)]
+        await h.emit(*names)
+        await asyncio.sleep(1.5)
+        assert "outage-0" not in await h.effects()
+        assert await h.outbox_count() == 20  # kept, not lost
+        await proxy.start()
+        await eventually(lambda: _has(h, *names), timeout=40, what="events after the outage")
+        assert all(n == 1 for n in (await h.effects()).values())
+    finally:
+        await h.stop()
+        await proxy.stop()
+
+
+async def _has(h: Harness, *names: str) -> bool:
+    effects = await h.effects()
+    return all(n in effects for n in names)
