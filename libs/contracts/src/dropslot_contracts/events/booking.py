@@ -81,7 +81,12 @@ class ReservationCheckedIn(ReservationEvent):
 
 @register
 class HoldExpiring(ReservationEvent):
+    """A hold is about to lapse: a reminder for the customer, and for payments a prompt to ask
+    the provider for the intent's true status (`final_check`: booking deferred the expiry once
+    because the payment was still in flight)."""
+
     TYPE = "booking.reservation.expiring"
+    final_check: bool = False
 
 
 @register

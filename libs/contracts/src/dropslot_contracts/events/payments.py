@@ -8,6 +8,7 @@ from ..registry import register
 
 class PaymentEvent(Event):
     payment_id: uuid.UUID
+    store_id: uuid.UUID | None = None
     reservation_id: uuid.UUID
     user_id: uuid.UUID | None = None
     provider: str
@@ -25,6 +26,13 @@ class PaymentCreated(PaymentEvent):
 class PaymentStatusChanged(PaymentEvent):
     TYPE = "payments.payment.status_changed"
     previous_status: str
+
+
+@register
+class PaymentAuthorized(PaymentEvent):
+    """The provider holds the money (intent `requires_capture`); captured once booking confirms."""
+
+    TYPE = "payments.payment.authorized"
 
 
 @register
