@@ -136,6 +136,14 @@ def test_compose_bootstrap_then_migrations_then_services() -> None:
             assert condition(svc, "redis") == "service_healthy", name
 
 
+def test_compose_gives_the_superuser_connection_to_bootstrap_only() -> None:
+    services = compose_services()
+    holders = [
+        n for n, s in services.items() if "DROPSLOT_ADMIN_DATABASE_URL" in (s.get("environment") or {})
+    ]
+    assert [services[n]["command"][-1] for n in holders] == ["dropslot_kit.bootstrap"]
+
+
 def test_compose_services_are_checked_on_ready() -> None:
     services = compose_services()
     for names in runs_by_app().values():
@@ -151,7 +159,8 @@ def test_compose_gateway_is_published_after_every_service_and_routes_to_each() -
     (gateway_name,) = by_app["gateway"]
     gateway = services[gateway_name]
 
-    assert any(str(p).split(":")[-2:] == ["8000", "8000"] for p in gateway.get("ports", [])), gateway.get("ports")
+    ports = [str(p) for p in gateway.get("ports", [])]
+    assert any(p.split(":")[-2:] == ["8000", "8000"] for p in ports), ports
     for app in BACKENDS:
         for name in by_app[app]:
             assert condition(gateway, name) == "service_healthy", name
@@ -227,7 +236,10 @@ def test_every_service_has_a_probed_bounded_deployment_and_a_service(service: st
     port = int(container["command"][container["command"].index("--port") + 1])
     assert container_port(container, "http") == port
 
-    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+    # The gateway's /ready aggregates every backend: as its probe, one backend down would
+    # take the whole public entry point out of the load balancer.
+    ready_path = "/health" if service == "gateway" else "/ready"
+    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", ready_path)):
         get = container[probe]["httpGet"]
         assert get["path"] == path, probe
         assert container_port(container, get["port"]) == port, probe
@@ -283,6 +295,19 @@ def test_job_bootstraps_before_migrating_every_service() -> None:
     assert all(i > bootstrap_at[0] for i in migrated.values())
 
 
+def test_superuser_secret_reaches_the_bootstrap_step_only() -> None:
+    holders = []
+    for doc in resources():
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        spec = doc["spec"]["template"]["spec"]
+        for c in spec.get("initContainers", []) + spec["containers"]:
+            refs = [r["secretRef"]["name"] for r in c.get("envFrom", []) if "secretRef" in r]
+            if "dropslot-db-admin" in refs:
+                holders.append(c["command"])
+    assert holders == [["python", "-m", "dropslot_kit.bootstrap"]]
+
+
 def test_secrets_hold_only_placeholders() -> None:
     secrets = [d for d in resources() if d["kind"] == "Secret"]
     assert secrets
@@ -296,9 +321,7 @@ def test_kustomize_renders_the_manifests() -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([kubectl, "kustomize", str(DEPLOY)], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     rendered = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert {(d["kind"], d["metadata"]["name"]) for d in rendered} == {
