@@ -196,6 +196,8 @@ def start_system(settings: KitSettings, log_dir: Path, *, booking_replicas: int 
         "DROPSLOT_RETRY_DELAYS_MS": "[200, 500, 1000]",
         "DROPSLOT_WEBHOOKS_ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]',
         "DROPSLOT_PAYMENTS_SANDBOX_CALLBACK_DELAY_SECONDS": "0.1",
+        # Budgets of concurrent test systems sharing one Redis stay apart.
+        "DROPSLOT_RATE_LIMIT_PREFIX": f"rl:{settings.broker_namespace}",
     })
     env.update(extra_env or {})
     system = System(env=env, booking_replicas=booking_replicas, free_ports=True, log_dir=log_dir)

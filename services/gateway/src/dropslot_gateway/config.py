@@ -24,3 +24,6 @@ class Settings(KitSettings):
     rate_limit_user_per_minute: int = 600
     rate_limit_ip_per_minute: int = 6000
     rate_limit_reserve_per_minute: int = 30
+    rate_limit_prefix: str = "dropslot:rl"
+    # Peers whose X-Forwarded-For is believed (a load balancer or CDN in front of the gateway).
+    trusted_proxies: list[str] = Field(default_factory=list)

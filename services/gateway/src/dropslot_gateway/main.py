@@ -8,6 +8,7 @@ bodies passed through unparsed, replicas balanced round-robin.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import json
 import logging
@@ -64,6 +65,23 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None
         self.limiter: RateLimiter | None = None
         self._openapi: bytes | None = None
+        self.trusted = [ipaddress.ip_network(n) for n in self.settings.trusted_proxies]
+
+    def _is_trusted(self, addr: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.trusted)
+
+    def client_ip(self, peer: str, xff: bytes | None) -> str:
+        """The caller's address: the peer, or, behind trusted proxies, the last untrusted hop."""
+        if not xff or not self._is_trusted(peer):
+            return peer
+        for hop in reversed([h.strip() for h in xff.decode("latin-1").split(",")]):
+            if hop and not self._is_trusted(hop):
+                return hop
+        return peer
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
@@ -78,7 +96,7 @@ class Gateway:
             ),
         )
         if self.settings.rate_limit_enabled:
-            self.limiter = RateLimiter(self.settings.redis_url)
+            self.limiter = RateLimiter(self.settings.redis_url, self.settings.rate_limit_prefix)
 
     async def shutdown(self) -> None:
         if self.session is not None:
@@ -173,8 +191,9 @@ class Gateway:
                 continue
             headers[k.decode("latin-1")] = v.decode("latin-1")
         client = scope.get("client")
-        client_ip = client[0] if client else "unknown"
-        headers["x-forwarded-for"] = (xff.decode("latin-1") + ", " if xff else "") + client_ip
+        peer = client[0] if client else "unknown"
+        headers["x-forwarded-for"] = (xff.decode("latin-1") + ", " if xff else "") + peer
+        client_ip = self.client_ip(peer, xff)
         headers["x-request-id"] = request_id.decode()
         telemetry.inject_headers(headers)
 

@@ -1,0 +1,192 @@
+"""The gateway in front of real HTTP upstreams, real Redis, and a JWKS it fetches over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import httpx
+import pytest
+import uvicorn
+from aiohttp import web
+from dropslot_gateway.config import Settings
+from dropslot_gateway.main import Gateway
+from dropslot_gateway.routes import service_for
+from dropslot_kit.launcher import free_port
+from dropslot_kit.testkeys import JwksServer, TestSigner
+
+
+class Upstream:
+    """A tiny service: echoes what it received; /ready is 200; /slow sleeps."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.hits = 0
+        self.runner: web.AppRunner | None = None
+        self.port = free_port()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        async def echo(request: web.Request) -> web.Response:
+            self.hits += 1
+            if request.path.endswith("/slow"):
+                await asyncio.sleep(5)
+            return web.json_response({
+                "upstream": self.name, "path": request.path_qs, "method": request.method,
+                "body": (await request.text()), "headers": dict(request.headers),
+            }, status=201 if request.method == "POST" else 200)
+
+        async def ready(_: web.Request) -> web.Response:
+            return web.json_response({"status": "ready"})
+
+        app = web.Application()
+        app.router.add_get("/ready", ready)
+        app.router.add_route("*", "/{tail:.*}", echo)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+
+@pytest.fixture
+async def gw(infra):
+    signer = TestSigner()
+    jwks = JwksServer(signer)
+    await jwks.start()
+    b1, b2, ident = Upstream("booking-1"), Upstream("booking-2"), Upstream("identity")
+    for u in (b1, b2, ident):
+        await u.start()
+    dead = f"http://127.0.0.1:{free_port()}"
+    settings = Settings(
+        upstreams={"booking": [b1.url, b2.url], "identity": [ident.url], "payments": [dead]},
+        jwks_url=jwks.url, redis_url=infra.redis_url, upstream_timeout_seconds=1.0,
+        rate_limit_user_per_minute=8, rate_limit_ip_per_minute=40, rate_limit_reserve_per_minute=3,
+        log_json=False, rate_limit_prefix=f"rl-test:{uuid.uuid4().hex}", trusted_proxies=["127.0.0.0/8"],
+    )
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(Gateway(settings), host="127.0.0.1", port=port, log_level="warning",
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.05)
+    # A per-test client address keeps per-address budgets of different tests apart.
+    client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                               headers={"X-Forwarded-For": f"198.51.100.{uuid.uuid4().int % 250}"})
+    yield {"client": client, "signer": signer, "b1": b1, "b2": b2, "ident": ident}
+    await client.aclose()
+    server.should_exit = True
+    await task
+    for u in (b1, b2, ident):
+        await u.stop()
+    await jwks.stop()
+
+
+def test_routes_follow_the_public_api():
+    assert service_for("/api/v1/auth/login") == "identity"
+    assert service_for("/api/v1/users/me") == "identity"
+    assert service_for("/api/v1/stores") == "catalog"
+    assert service_for("/api/v1/stores/x/reservations") == "booking"
+    assert service_for("/api/v1/stores/x/webhook-endpoints/y") == "webhooks"
+    assert service_for("/api/v1/drops/x/slots/generate") == "booking"
+    assert service_for("/api/v1/drops/x") == "catalog"
+    assert service_for("/api/v1/reservations/x/qr.svg") == "booking"
+    assert service_for("/api/v1/payments/providers/sandbox/webhook") == "payments"
+    assert service_for("/api/v1/webhook-endpoints/x/events") == "webhooks"
+    assert service_for("/api/v1/audit-logs") == "audit"
+    assert service_for("/api/v1/notifications") == "notifications"
+    assert service_for("/api/v1/storesx") is None
+    assert service_for("/elsewhere") is None
+
+
+async def test_proxies_path_query_body_and_request_id(gw):
+    c = gw["client"]
+    r = await c.post("/api/v1/auth/register?x=1", content=b'{"a":1}', headers={"X-Request-ID": "req-42",
+                                                                             "content-type": "application/json"})
+    assert r.status_code == 201
+    echoed = r.json()
+    assert echoed["path"] == "/api/v1/auth/register?x=1" and echoed["body"] == '{"a":1}'
+    assert echoed["headers"]["X-Request-ID"] == "req-42" and r.headers["x-request-id"] == "req-42"
+    assert echoed["headers"]["X-Forwarded-For"].startswith("198.51.100.")
+
+
+async def test_balances_booking_replicas_and_skips_a_dead_one(gw):
+    c = gw["client"]
+    for _ in range(6):
+        assert (await c.get("/api/v1/slots/1")).status_code == 200
+    assert gw["b1"].hits == 3 and gw["b2"].hits == 3
+    await gw["b2"].stop()
+    answers = [(await c.get("/api/v1/slots/1")).json()["upstream"] for _ in range(4)]
+    assert answers == ["booking-1"] * 4
+
+
+async def test_down_service_is_a_fast_502_and_slow_one_a_bounded_504(gw):
+    c = gw["client"]
+    started = time.monotonic()
+    r = await c.get("/api/v1/payments/abc")
+    assert r.status_code == 502 and r.headers["content-type"] == "application/problem+json"
+    assert r.json()["type"].endswith("/bad-gateway")
+    started = time.monotonic()
+    r = await c.get("/api/v1/slots/slow")
+    assert r.status_code == 504 and r.json()["type"].endswith("/gateway-timeout")
+    assert time.monotonic() - started < 3
+
+
+async def test_ready_reports_every_service(gw):
+    r = await gw["client"].get("/ready")
+    assert r.status_code == 503  # payments is down
+    services = r.json()["services"]
+    assert set(services) == {"booking", "identity", "payments"}
+    assert all(v == "ready" for v in services["booking"].values())
+    assert next(iter(services["payments"].values())).startswith("down")
+
+
+async def test_tokens_are_checked_before_routing(gw):
+    c, signer = gw["client"], gw["signer"]
+    good = signer.token()
+    assert (await c.get("/api/v1/slots/1", headers={"Authorization": f"Bearer {good}"})).status_code == 200
+    before = gw["b1"].hits + gw["b2"].hits
+    for bad in (TestSigner(kid=signer.kid).token(), signer.token(ttl=-30), good[:-4] + "AAAA", "x.y.z"):
+        r = await c.get("/api/v1/slots/1", headers={"Authorization": f"Bearer {bad}"})
+        assert r.status_code == 401 and r.json()["type"].endswith("/invalid-token")
+    assert gw["b1"].hits + gw["b2"].hits == before  # refused requests never reached booking
+
+
+async def test_rate_limits_per_user_with_retry_after(gw):
+    c, signer = gw["client"], gw["signer"]
+    h = {"Authorization": f"Bearer {signer.token()}"}
+    codes = [(await c.get("/api/v1/slots/1", headers=h)).status_code for _ in range(10)]
+    assert codes[:8] == [200] * 8 and codes[8:] == [429, 429]
+    r = await c.get("/api/v1/slots/1", headers=h)
+    assert r.headers["content-type"] == "application/problem+json"
+    assert 1 <= int(r.headers["retry-after"]) <= 60
+    # another user is not affected
+    assert (await c.get("/api/v1/slots/1", headers={"Authorization": f"Bearer {signer.token()}"})).status_code == 200
+
+
+async def test_reservations_have_a_stricter_budget(gw):
+    c, signer = gw["client"], gw["signer"]
+    h = {"Authorization": f"Bearer {signer.token()}"}
+    codes = [(await c.post("/api/v1/reservations", json={}, headers=h)).status_code for _ in range(5)]
+    assert codes == [201, 201, 201, 429, 429]
+
+
+async def test_rate_limits_per_address_without_token(gw):
+    c = gw["client"]
+    codes = [(await c.get("/api/v1/slots/1")).status_code for _ in range(42)]
+    assert codes.count(429) == 2 and codes[-1] == 429
+    # behind a trusted proxy the budget is the caller's, not the proxy's
+    other = {"X-Forwarded-For": "203.0.113.7"}
+    assert (await c.get("/api/v1/slots/1", headers=other)).status_code == 200
+
+
+async def test_forwarded_for_is_ignored_from_untrusted_peers(infra):
+    gw = Gateway(Settings(trusted_proxies=["10.0.0.0/8"], log_json=False))
+    assert gw.client_ip("127.0.0.1", b"203.0.113.7") == "127.0.0.1"
+    assert gw.client_ip("10.1.2.3", b"203.0.113.7, 10.9.9.9") == "203.0.113.7"
