@@ -167,9 +167,8 @@ async def optional_user(request: Request) -> Principal | None:
     principal = await verifier.verify(token)
     request.state.principal = principal
     ctx = context.current()
-    context.set_current(
-        dataclasses.replace(ctx, actor=Actor(user_id=principal.user_id, ip=ctx.actor.ip, user_agent=ctx.actor.user_agent))
-    )
+    actor = Actor(user_id=principal.user_id, ip=ctx.actor.ip, user_agent=ctx.actor.user_agent)
+    context.set_current(dataclasses.replace(ctx, actor=actor))
     return principal
 
 

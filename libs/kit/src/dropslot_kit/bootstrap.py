@@ -50,7 +50,9 @@ async def bootstrap(settings: KitSettings | None = None, services: tuple[str, ..
             role = f"dropslot_{service}"
             await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(service)} AUTHORIZATION {_ident(role)}")
             await conn.execute(f"REVOKE ALL ON SCHEMA {_ident(service)} FROM PUBLIC")
-            await conn.execute(f"ALTER ROLE {_ident(role)} IN DATABASE {_ident(dbname)} SET search_path = {_ident(service)}")
+            await conn.execute(
+                f"ALTER ROLE {_ident(role)} IN DATABASE {_ident(dbname)} SET search_path = {_ident(service)}"
+            )
     finally:
         await conn.close()
     return dbname

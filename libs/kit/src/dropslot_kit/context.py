@@ -15,7 +15,8 @@ class CallContext:
     request_id: str | None = None
 
 
-_current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("dropslot_call", default=CallContext())
+_EMPTY = CallContext()  # frozen, so sharing it as the default is safe
+_current: contextvars.ContextVar[CallContext] = contextvars.ContextVar("dropslot_call", default=_EMPTY)  # noqa: B039
 
 
 def current() -> CallContext:

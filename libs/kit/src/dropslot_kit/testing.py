@@ -132,15 +132,19 @@ def drop_test_resources(settings: KitSettings) -> None:
         asyncio.run(delete_namespace(settings))
 
 
+def _namespace_queues(namespace: str) -> list[str]:
+    if not shutil.which("rabbitmqctl"):
+        return []
+    out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
+                         capture_output=True, text=True, timeout=30).stdout
+    return [n.strip() for n in out.splitlines() if n.strip().startswith(namespace + ".")]
+
+
 async def delete_namespace(settings: KitSettings) -> None:
     """Remove every queue and exchange of a test namespace."""
     import aio_pika
 
-    names: list[str] = []
-    if shutil.which("rabbitmqctl"):
-        out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name"],
-                             capture_output=True, text=True, timeout=30).stdout
-        names = [n.strip() for n in out.splitlines() if n.strip().startswith(settings.broker_namespace + ".")]
+    names = _namespace_queues(settings.broker_namespace)
     conn = await aio_pika.connect(settings.rabbit_url)
     async with conn:
         ch = await conn.channel()
@@ -153,7 +157,11 @@ async def delete_namespace(settings: KitSettings) -> None:
 
 
 async def eventually(
-    check: Callable[[], Awaitable[T]], *, timeout: float = 15.0, interval: float = 0.1, what: str = "condition"
+    check: Callable[[], Awaitable[T]],
+    *,
+    timeout: float = 15.0,  # noqa: ASYNC109  (a polling deadline, not a cancellation timeout)
+    interval: float = 0.1,
+    what: str = "condition",
 ) -> T:
     """Poll until `check` returns a truthy value (or stops raising AssertionError)."""
     deadline = time.monotonic() + timeout

@@ -1,6 +1,5 @@
-from pydantic import Field
-
 from dropslot_kit.settings import KitSettings
+from pydantic import Field
 
 
 class Settings(KitSettings):

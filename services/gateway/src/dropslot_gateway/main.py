@@ -236,8 +236,9 @@ class Gateway:
                 last_error = exc
                 continue
             except TimeoutError:
+                limit = self.settings.upstream_timeout_seconds
                 raise _Upstream(504, "gateway-timeout", "Upstream timed out",
-                                f"{service} did not answer within {self.settings.upstream_timeout_seconds:.0f}s") from None
+                                f"{service} did not answer within {limit:.0f}s") from None
             except aiohttp.ClientError as exc:
                 raise _Upstream(502, "bad-gateway", "Upstream failed", f"{service}: {type(exc).__name__}") from None
         raise _Upstream(502, "bad-gateway", "Upstream unavailable", f"{service} is not reachable ({last_error!r})")

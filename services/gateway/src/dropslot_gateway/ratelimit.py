@@ -35,7 +35,7 @@ class RateLimiter:
                 log.warning("rate limiting disabled while Redis is unreachable: %r", exc)
                 self._warned_at = time.monotonic()
             return None
-        for (key, limit), count in zip(keys, counts[::2], strict=True):
+        for (_key, limit), count in zip(keys, counts[::2], strict=True):
             if int(count) > limit:
                 return max(1, (bucket + 1) * window - now)
         return None
