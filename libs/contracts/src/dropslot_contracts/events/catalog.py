@@ -17,6 +17,7 @@ class BranchSnapshot(BaseModel):
     lat: float
     lng: float
     phone: str | None = None
+    opening_hours: dict[str, Any] | None = None
 
 
 class DropSnapshot(BaseModel):
@@ -37,6 +38,11 @@ class DropSnapshot(BaseModel):
     price_cents: int
     currency: str
     branches: list[BranchSnapshot] = []
+    # Added (optional): the store's slug, when the drop was published, and whether a
+    # reservation must be paid (the product's price is above zero).
+    store_slug: str | None = None
+    published_at: datetime | None = None
+    requires_payment: bool | None = None
 
 
 @register
@@ -89,6 +95,8 @@ class ProductFields(Event):
     price_cents: int
     currency: str
     is_active: bool
+    description: str | None = None
+    images: list[str] = []
 
 
 @register
@@ -113,6 +121,9 @@ class DropCreated(DropEvent):
 @register
 class DropUpdated(DropEvent):
     TYPE = "catalog.drop.updated"
+    # Which drop fields changed ("name", "starts_at", "ends_at", "reservation_rule",
+    # "product" for a change of the product's name/price/currency, ...).
+    changed: list[str] = []
 
 
 @register
@@ -133,3 +144,4 @@ class DropEnded(DropEvent):
 @register
 class DropCancelled(DropEvent):
     TYPE = "catalog.drop.cancelled"
+    reason: str | None = None
