@@ -154,6 +154,64 @@ async def test_poison_message_is_dead_lettered_after_retries_while_others_flow(h
     assert "poison" not in await harness.effects()
 
 
+async def test_dead_lettered_message_can_be_listed_and_replayed(harness, test_settings):
+    from dropslot_kit.dlq import peek, replay
+
+    harness.fail_names.add("flaky")
+    await harness.emit("flaky")
+    qname = f"{test_settings.broker_namespace}.audit.{harness.handler}"
+
+    async def in_dlq():
+        return await peek(test_settings, qname)
+
+    rows = await eventually(in_dlq, timeout=20, what="message in the DLQ")
+    assert rows[0]["type"] == "catalog.store.updated" and "poison" in rows[0]["error"]
+    harness.fail_names.clear()  # the bug is fixed; the operator replays
+    assert await replay(test_settings, qname) == 1
+    await eventually(lambda: _has(harness, "flaky"), what="replayed message applied")
+    assert await peek(test_settings, qname) == []
+
+
+async def test_consumers_reattach_after_the_broker_connection_drops(test_settings):
+    from urllib.parse import urlsplit
+
+    target = urlsplit(test_settings.rabbit_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    await proxy.start()
+    h = Harness(test_settings)
+    h.consumer_settings = h.consumer_settings.model_copy(
+        update={"rabbit_url": f"amqp://guest:guest@127.0.0.1:{proxy.port}/"})
+    h.consumer = Messaging(h.consumer_settings, h.consumer_db, h.consumer.consumers and _rebind(h))
+    await h.start()
+    try:
+        assert all((await h.consumer.consumers_attached()).values())
+        await proxy.stop()
+        await eventually(lambda: _detached(h), timeout=20, what="readiness to notice the lost consumer")
+        await proxy.start()
+        await eventually(lambda: _attached(h), timeout=40, what="consumers to come back")
+        await h.emit("after-reconnect")
+        await eventually(lambda: _has(h, "after-reconnect"), timeout=20, what="delivery after reconnect")
+    finally:
+        await h.stop()
+        await proxy.stop()
+
+
+def _rebind(h: Harness) -> EventConsumers:
+    consumers = EventConsumers("audit")
+    for c in h.consumer.consumers:
+        consumers.consumers.append(c)
+    return consumers
+
+
+async def _attached(h: Harness) -> bool:
+    states = await h.consumer.consumers_attached()
+    return bool(states) and all(states.values())
+
+
+async def _detached(h: Harness) -> bool:
+    return not await _attached(h)
+
+
 async def test_events_written_while_relay_is_down_are_published_when_it_returns(harness):
     await harness.stop_relay()
     names = [f"offline-{i}" for i in range(50)]
