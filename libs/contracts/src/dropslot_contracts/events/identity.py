@@ -17,6 +17,8 @@ class UserRegistered(Event):
     # Single-use verification token for the welcome mail; notifications builds the link.
     verification_token: str | None = None
     verification_expires_at: datetime | None = None
+    # True when the account starts verified (a platform admin created from the command line).
+    email_verified: bool = False
 
 
 @register
@@ -34,6 +36,10 @@ class EmailVerified(Event):
     TYPE = "identity.user.email_verified"
     user_id: uuid.UUID
     email: str
+    # Added so a contacts copy (notifications) can be kept from this event alone.
+    name: str | None = None
+    status: str | None = None
+    verified_at: datetime | None = None
 
 
 @register
@@ -50,6 +56,10 @@ class PasswordResetRequested(Event):
 class PasswordChanged(Event):
     TYPE = "identity.user.password_changed"
     user_id: uuid.UUID
+    # Where the "your password was changed" notice goes, and how it happened.
+    email: str | None = None
+    name: str | None = None
+    reason: str | None = None  # reset | change
 
 
 @register
@@ -58,6 +68,9 @@ class UserStatusChanged(Event):
     user_id: uuid.UUID
     status: str  # active | suspended | deleted
     previous_status: str
+    email: str | None = None
+    name: str | None = None
+    reason: str | None = None
 
 
 @register
@@ -76,6 +89,7 @@ class RoleGranted(Event):
     user_id: uuid.UUID
     code: str
     store_id: uuid.UUID | None = None
+    granted_by: uuid.UUID | None = None
 
 
 @register
@@ -84,16 +98,20 @@ class RoleRevoked(Event):
     user_id: uuid.UUID
     code: str
     store_id: uuid.UUID | None = None
+    revoked_by: uuid.UUID | None = None
 
 
 @register
 class UserSignedIn(Event):
     TYPE = "identity.session.created"
     user_id: uuid.UUID
+    # The refresh-token family; access tokens carry it as `sid`.
+    session_id: uuid.UUID | None = None
 
 
 @register
 class SessionRevoked(Event):
     TYPE = "identity.session.revoked"
     user_id: uuid.UUID
-    reason: str  # logout | reuse_detected | suspended
+    reason: str  # logout | reuse_detected | suspended | deleted | password_reset | password_change
+    session_id: uuid.UUID | None = None
