@@ -26,6 +26,17 @@ class ReservationSnapshot(BaseModel):
     product_name: str | None = None
     qr_code_url: str | None = None
     checkin_token: str | None = None
+    # Added (optional): enough for notifications/webhooks to describe the reservation alone.
+    store_name: str | None = None
+    customer_note: str | None = None
+    payment_id: uuid.UUID | None = None
+    payment_status: str | None = None
+    cancel_reason: str | None = None
+    created_at: datetime | None = None
+    confirmed_at: datetime | None = None
+    cancelled_at: datetime | None = None
+    expired_at: datetime | None = None
+    checked_in_at: datetime | None = None
 
 
 @register
@@ -110,6 +121,10 @@ class WaitlistEntry(BaseModel):
     offer_expires_at: datetime | None = None
     slot_start: datetime | None = None
     drop_name: str | None = None
+    # Added (optional).
+    slot_end: datetime | None = None
+    product_name: str | None = None
+    store_name: str | None = None
 
 
 class WaitlistEvent(Event):
@@ -128,7 +143,11 @@ class WaitlistOfferMade(WaitlistEvent):
 
 @register
 class WaitlistOfferLapsed(WaitlistEvent):
+    """An entry left the line without a seat: its offer lapsed ("offer_expired"), or the slot
+    started / the drop ended or was cancelled while it waited (added, optional: `reason`)."""
+
     TYPE = "booking.waitlist.lapsed"
+    reason: str | None = None
 
 
 @register
