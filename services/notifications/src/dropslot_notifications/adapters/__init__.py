@@ -1,0 +1,1 @@
+"""SQL, SMTP, signed-HTTP providers and the dev SMTP catcher."""

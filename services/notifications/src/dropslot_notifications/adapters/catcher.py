@@ -1,0 +1,142 @@
+"""The dev SMTP catcher: an aiosmtpd server inside the notifications process that keeps every
+message as an .eml file (`.dev/mail/<timestamp>-<id>.eml`), so a fresh clone sees its mail
+without configuring anything. Never used when a real SMTP host is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email
+import email.policy
+import logging
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from ..rendering import InlineImage, html_with_inline_images
+
+log = logging.getLogger("dropslot.notifications.catcher")
+
+
+class Mailbox:
+    """The folder of caught messages (shared by every process that writes into it)."""
+
+    def __init__(self, directory: str | Path, keep: int = 500):
+        self.dir = Path(directory)
+        self.keep = keep
+
+    def store(self, data: bytes) -> str:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
+        tmp = self.dir / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.rename(self.dir / f"{name}.eml")  # readers never see a half-written file
+        self._prune()
+        return name
+
+    def _prune(self) -> None:
+        files = sorted(self.dir.glob("*.eml"))
+        for old in files[: max(0, len(files) - self.keep)]:
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        if not self.dir.is_dir():
+            return []
+        out = []
+        for path in sorted(self.dir.glob("*.eml"), reverse=True)[:limit]:
+            with contextlib.suppress(OSError):
+                msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+                out.append(_summary(path.stem, msg))
+        return out
+
+    def read(self, message_id: str) -> dict[str, Any] | None:
+        path = self._path(message_id)
+        if path is None:
+            return None
+        msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
+        text = msg.get_body(preferencelist=("plain",))
+        html = msg.get_body(preferencelist=("html",))
+        images = [
+            InlineImage(str(part["Content-ID"] or "").strip("<>"), part.get_payload(decode=True) or b"",
+                        part.get_content_subtype())
+            for part in msg.walk() if part.get_content_maintype() == "image"
+        ]
+        html_text = html.get_content() if html is not None else None
+        return {
+            **_summary(message_id, msg),
+            "text": text.get_content() if text is not None else None,
+            "html": html_with_inline_images(html_text, images) if html_text else None,
+            "images": [{"cid": i.cid, "type": f"image/{i.subtype}", "bytes": len(i.data)} for i in images],
+        }
+
+    def _path(self, message_id: str) -> Path | None:
+        if not message_id.replace("-", "").isalnum():  # no path tricks: names are ours
+            return None
+        path = self.dir / f"{message_id}.eml"
+        return path if path.is_file() else None
+
+
+def _summary(message_id: str, msg: email.message.Message) -> dict[str, Any]:
+    return {
+        "id": message_id,
+        "from": str(msg.get("From", "")),
+        "to": str(msg.get("To", "")),
+        "subject": str(msg.get("Subject", "")),
+        "date": str(msg.get("Date", "")),
+        "notification_id": str(msg.get("X-DropSlot-Notification-Id", "")) or None,
+        "template": str(msg.get("X-DropSlot-Template", "")) or None,
+    }
+
+
+class _Handler:
+    def __init__(self, mailbox: Mailbox):
+        self.mailbox = mailbox
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:  # noqa: N802
+        data = envelope.original_content or envelope.content or b""
+        if isinstance(data, str):
+            data = data.encode()
+        name = await asyncio.to_thread(self.mailbox.store, data)
+        log.info("dev mail caught: %s (to %s)", name, ", ".join(envelope.rcpt_tos))
+        return "250 Message accepted for delivery"
+
+
+class SmtpCatcher:
+    def __init__(self, mailbox: Mailbox, host: str = "127.0.0.1", port: int = 1025):
+        self.mailbox = mailbox
+        self.host = host
+        self.wanted_port = port
+        self.port = port
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        handler = _Handler(self.mailbox)
+
+        def factory() -> SMTP:
+            return SMTP(handler, hostname="dropslot-dev-catcher", data_size_limit=10 * 1024 * 1024)
+
+        try:
+            self._server = await loop.create_server(factory, self.host, self.wanted_port)
+        except OSError:
+            # Another system (or replica) on this machine has the port: take a free one rather
+            # than send our mail to someone else's catcher.
+            self._server = await loop.create_server(factory, self.host, 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.warning("dev SMTP catcher on %s:%d writing to %s (no SMTP host configured)",
+                    self.host, self.port, self.mailbox.dir.resolve())
+
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+            self._server = None

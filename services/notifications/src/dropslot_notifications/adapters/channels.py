@@ -1,0 +1,174 @@
+"""The channels behind one small interface: email over SMTP, SMS and push over signed HTTP.
+
+Every transport raises `TransientFailure` (retry later) or `PermanentFailure` (stop) and
+nothing else, so the sender loop needs no knowledge of SMTP codes or HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import ssl
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from typing import Protocol
+
+import aiosmtplib
+import httpx
+
+from ..domain.failures import (
+    PermanentFailure,
+    TransientFailure,
+    http_status_is_permanent,
+    smtp_code_is_permanent,
+)
+from ..domain.model import Channel, is_valid_email
+from ..rendering import Rendered
+
+log = logging.getLogger("dropslot.notifications.channels")
+
+
+class Transport(Protocol):
+    channel: Channel
+
+    async def send(self, *, notification_id: uuid.UUID, template: str, to: str, message: Rendered) -> None:
+        """Deliver one rendered message, or raise TransientFailure / PermanentFailure."""
+
+    async def close(self) -> None: ...
+
+
+# --- email -----------------------------------------------------------------------------------------
+def build_email(*, sender: str, to: str, message: Rendered, notification_id: uuid.UUID, template: str) -> EmailMessage:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Subject"] = message.subject or ""
+    msg["Date"] = format_datetime(datetime.now(UTC))
+    # Stable per notification: a retried send carries the same Message-ID, so a receiving side
+    # that saw the first attempt after all can tell it is the same message.
+    domain = parseaddr(sender)[1].rpartition("@")[2] or "dropslot.local"
+    msg["Message-ID"] = f"<{notification_id}@{domain}>"
+    msg["X-DropSlot-Notification-Id"] = str(notification_id)
+    msg["X-DropSlot-Template"] = template
+    msg.set_content(message.text)
+    if message.html is not None:
+        msg.add_alternative(message.html, subtype="html")
+        if message.images:
+            html_part = msg.get_payload()[-1]  # type: ignore[index]
+            for img in message.images:
+                html_part.add_related(img.data, maintype="image", subtype=img.subtype, cid=f"<{img.cid}>",
+                                      filename=img.filename, disposition="inline")
+    return msg
+
+
+SmtpTarget = Callable[[], tuple[str, int]]
+
+
+class SmtpTransport:
+    """Email with aiosmtplib: one connection per message (simple, and a broken connection
+    never poisons the next message; volumes here are far below what that costs)."""
+
+    channel = Channel.EMAIL
+
+    def __init__(
+        self, *, target: SmtpTarget, sender: str, username: str | None = None, password: str | None = None,
+        start_tls: bool | None = None, use_tls: bool = False, validate_certs: bool = True, timeout: float = 15.0,
+    ):
+        self.target = target
+        self.sender = sender
+        self.username = username
+        self.password = password
+        self.start_tls = start_tls
+        self.use_tls = use_tls
+        self.validate_certs = validate_certs
+        self.timeout = timeout
+
+    async def send(self, *, notification_id: uuid.UUID, template: str, to: str, message: Rendered) -> None:
+        if not is_valid_email(to):
+            raise PermanentFailure(f"invalid email address {to!r}")
+        msg = build_email(sender=self.sender, to=to, message=message, notification_id=notification_id,
+                          template=template)
+        host, port = self.target()
+        try:
+            await aiosmtplib.send(
+                msg, hostname=host, port=port, username=self.username, password=self.password,
+                start_tls=self.start_tls, use_tls=self.use_tls, validate_certs=self.validate_certs,
+                timeout=self.timeout,
+            )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            codes = [r.code for r in exc.recipients]
+            detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+            if codes and all(smtp_code_is_permanent(c) for c in codes):
+                raise PermanentFailure(f"SMTP refused the recipient: {detail}") from exc
+            raise TransientFailure(f"SMTP deferred the recipient: {detail}") from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            reason = f"SMTP {exc.code} {exc.message}"
+            if smtp_code_is_permanent(exc.code):
+                raise PermanentFailure(reason) from exc
+            raise TransientFailure(reason) from exc
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError, TimeoutError) as exc:
+            raise TransientFailure(f"SMTP {host}:{port} unavailable: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        return None
+
+
+# --- SMS and push over a signed-HTTP provider -----------------------------------------------------------
+SIGNATURE_HEADER = "X-DropSlot-Signature"
+TIMESTAMP_HEADER = "X-DropSlot-Timestamp"
+
+
+def sign(secret: str, timestamp: str, body: bytes) -> str:
+    """`v1=<hex HMAC-SHA256(secret, "<timestamp>.<body>")>`; the timestamp in the signed text
+    lets a receiver refuse replays of old requests."""
+    mac = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return f"v1={mac}"
+
+
+def verify(secret: str, timestamp: str, body: bytes, signature: str) -> bool:
+    return hmac.compare_digest(sign(secret, timestamp, body), signature)
+
+
+class SignedHttpTransport:
+    """A generic provider: `POST <url>` with a JSON body
+
+        {"id", "channel", "template", "to", "title", "text"}
+
+    and headers `X-DropSlot-Timestamp` (unix seconds), `X-DropSlot-Signature` (see `sign`) and
+    `Idempotency-Key` (the notification id, the same on every retry). Any 2xx is delivered."""
+
+    def __init__(self, channel: Channel, *, url: str, secret: str, timeout: float = 10.0,
+                 client: httpx.AsyncClient | None = None):
+        self.channel = channel
+        self.url = url
+        self.secret = secret
+        self.client = client or httpx.AsyncClient(timeout=timeout)
+
+    async def send(self, *, notification_id: uuid.UUID, template: str, to: str, message: Rendered) -> None:
+        body = json.dumps({
+            "id": str(notification_id), "channel": str(self.channel), "template": template, "to": to,
+            "title": message.subject, "text": message.text,
+        }, separators=(",", ":")).encode()
+        ts = str(int(time.time()))
+        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts,
+                   SIGNATURE_HEADER: sign(self.secret, ts, body), "Idempotency-Key": str(notification_id)}
+        try:
+            resp = await self.client.post(self.url, content=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise TransientFailure(f"{self.channel} provider unavailable: {type(exc).__name__}: {exc}") from exc
+        if 200 <= resp.status_code < 300:
+            return
+        reason = f"{self.channel} provider answered {resp.status_code}: {resp.text[:300]}"
+        if http_status_is_permanent(resp.status_code):
+            raise PermanentFailure(reason)
+        raise TransientFailure(reason)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+

@@ -1,0 +1,146 @@
+"""From an event's data to the messages it asks for (pure: the caller supplies the local
+copies it needs). Every payload carries every key its templates use, `None` where the data
+is unknown, so a template's `{% if %}` decides and a genuinely missing key is a bug the
+renderer reports.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote
+
+from .model import Intent
+
+CANCEL_REASONS = {
+    "customer": "as you asked",
+    "store": "by the store",
+    "payment_failed": "because the payment did not go through",
+    "drop_cancelled": "because the drop was cancelled",
+    "expired": "because the hold expired",
+}
+
+
+@dataclass(frozen=True)
+class DropInfo:
+    """What the local copy of catalog's drops knows about one drop."""
+
+    name: str | None = None
+    product_name: str | None = None
+    store_name: str | None = None
+    branches: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _absolute(base_url: str, url: str | None) -> str | None:
+    if not url:
+        return None
+    return base_url.rstrip("/") + url if url.startswith("/") else url
+
+
+def _branches(raw: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    return [
+        {"name": b.get("name") or "", "address": b.get("address") or "", "phone": b.get("phone")}
+        for b in (raw or [])
+    ]
+
+
+def reservation_view(snap: dict[str, Any], drop: DropInfo | None, base_url: str) -> dict[str, Any]:
+    drop = drop or DropInfo()
+    rid = str(snap["reservation_id"])
+    drop_id = snap.get("drop_id")
+    drop_name = snap.get("drop_name") or drop.name
+    product_name = snap.get("product_name") or drop.product_name
+    base = base_url.rstrip("/")
+    return {
+        "id": rid,
+        "state": snap.get("state"),
+        "drop_id": str(drop_id) if drop_id else None,
+        "title": drop_name or product_name or "your reservation",
+        "drop_name": drop_name,
+        "product_name": product_name,
+        "store_name": snap.get("store_name") or drop.store_name,
+        "slot_start": snap.get("slot_start"),
+        "slot_end": snap.get("slot_end"),
+        "amount_cents": snap.get("amount_cents") or 0,
+        "currency": snap.get("currency") or "",
+        "requires_payment": bool(snap.get("requires_payment")),
+        "expires_at": snap.get("expires_at"),
+        "qr_code_url": _absolute(base_url, snap.get("qr_code_url")),
+        "checkin_token": snap.get("checkin_token"),
+        "branches": _branches(snap.get("branches") if snap.get("branches") is not None else drop.branches),
+        "url": f"{base}/reservations/{rid}",
+        "drop_url": f"{base}/drops/{drop_id}" if drop_id else base,
+    }
+
+
+def unknown_reservation(reservation_id: uuid.UUID | str, base_url: str) -> dict[str, Any]:
+    """For a payment event about a reservation no booking event has told us about yet."""
+    return reservation_view({"reservation_id": reservation_id}, None, base_url)
+
+
+def entry_view(entry: dict[str, Any], drop: DropInfo | None, base_url: str) -> dict[str, Any]:
+    drop = drop or DropInfo()
+    eid = str(entry["entry_id"])
+    drop_name = entry.get("drop_name") or drop.name
+    return {
+        "id": eid,
+        "slot_id": str(entry["slot_id"]) if entry.get("slot_id") else None,
+        "drop_id": str(entry["drop_id"]) if entry.get("drop_id") else None,
+        "title": drop_name or drop.product_name or "your drop",
+        "drop_name": drop_name,
+        "store_name": drop.store_name,
+        "position": entry.get("position"),
+        "state": entry.get("state"),
+        "offer_expires_at": entry.get("offer_expires_at"),
+        "slot_start": entry.get("slot_start"),
+        "slot_end": entry.get("slot_end"),
+        "url": f"{base_url.rstrip('/')}/waitlist/{eid}",
+    }
+
+
+def drop_view(snap: dict[str, Any], store_name: str | None, base_url: str) -> dict[str, Any]:
+    drop_id = str(snap["drop_id"])
+    return {
+        "id": drop_id,
+        "title": snap.get("name") or snap.get("product_name") or "A drop",
+        "product_name": snap.get("product_name"),
+        "store_name": snap.get("store_name") or store_name,
+        "starts_at": snap.get("starts_at"),
+        "ends_at": snap.get("ends_at"),
+        "url": f"{base_url.rstrip('/')}/drops/{drop_id}",
+    }
+
+
+def account_link(base_url: str, path: str, token: str) -> str:
+    return f"{base_url.rstrip('/')}{path}?token={quote(token, safe='')}"
+
+
+def verification_intent(
+    *, user_id: uuid.UUID, email: str, name: str | None, token: str, expires_at: str | None,
+    welcome: bool, base_url: str, path: str,
+) -> Intent:
+    payload = {"name": name, "email": email, "token": token, "expires_at": expires_at, "welcome": welcome,
+               "link": account_link(base_url, path, token)}
+    return Intent(user_id, "email_verification", payload, email=email)
+
+
+def password_reset_intent(
+    *, user_id: uuid.UUID, email: str, name: str | None, token: str, expires_at: str | None,
+    base_url: str, path: str,
+) -> Intent:
+    payload = {"name": name, "email": email, "token": token, "expires_at": expires_at,
+               "link": account_link(base_url, path, token)}
+    return Intent(user_id, "password_reset", payload, email=email)
+
+
+def reservation_intent(
+    template: str, snap: dict[str, Any], drop: DropInfo | None, base_url: str, *,
+    dedupe: str | None, extra: dict[str, Any] | None = None,
+) -> Intent:
+    payload = {"reservation": reservation_view(snap, drop, base_url), **(extra or {})}
+    return Intent(uuid.UUID(str(snap["user_id"])), template, payload, dedupe_key=dedupe)
+
+
+def cancellation(reason: str, refund: bool) -> dict[str, Any]:
+    return {"reason": reason, "refund": refund, "reason_text": CANCEL_REASONS.get(reason, f"({reason})")}

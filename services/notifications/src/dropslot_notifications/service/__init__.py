@@ -1,0 +1,1 @@
+"""Use cases: event handlers (write rows) and the sender loop (render and deliver)."""
