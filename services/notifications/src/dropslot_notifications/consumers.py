@@ -16,7 +16,7 @@ def build_consumers(deps: HandlerDeps) -> EventConsumers:
 
     @consumers.on(
         "identity.user.registered", "identity.user.updated", "identity.user.status_changed",
-        "identity.user.email_verified", "identity.email_verification.requested",
+        "identity.user.email_verified", "identity.user.password_changed", "identity.email_verification.requested",
         "identity.password_reset.requested",
         name="identity",
     )

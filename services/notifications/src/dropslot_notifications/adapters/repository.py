@@ -58,13 +58,14 @@ async def set_contact_status(conn: AsyncConnection, user_id: uuid.UUID, status: 
     """), {"u": user_id, "s": status, "at": at})
 
 
-async def mark_contact_verified(conn: AsyncConnection, user_id: uuid.UUID, email: str) -> None:
+async def mark_contact_verified(conn: AsyncConnection, user_id: uuid.UUID, email: str, name: str | None) -> None:
     # Verification is about one address: it only sticks while that is still the address we know.
     await conn.execute(text("""
-        INSERT INTO contacts (user_id, email, email_verified) VALUES (:u, :e, true)
-        ON CONFLICT (user_id) DO UPDATE SET email_verified = true, updated_at = now()
+        INSERT INTO contacts (user_id, email, name, email_verified) VALUES (:u, :e, :n, true)
+        ON CONFLICT (user_id) DO UPDATE SET email_verified = true, email = EXCLUDED.email,
+            name = COALESCE(contacts.name, EXCLUDED.name), updated_at = now()
         WHERE contacts.email IS NULL OR contacts.email = EXCLUDED.email
-    """), {"u": user_id, "e": email})
+    """), {"u": user_id, "e": email, "n": name})
 
 
 @dataclass(frozen=True)

@@ -79,17 +79,23 @@ def unknown_reservation(reservation_id: uuid.UUID | str, base_url: str) -> dict[
     return reservation_view({"reservation_id": reservation_id}, None, base_url)
 
 
-def entry_view(entry: dict[str, Any], drop: DropInfo | None, base_url: str) -> dict[str, Any]:
+def entry_view(entry: dict[str, Any], drop: DropInfo | None, base_url: str, *,
+               reason: str | None = None) -> dict[str, Any]:
     drop = drop or DropInfo()
     eid = str(entry["entry_id"])
     drop_name = entry.get("drop_name") or drop.name
+    product_name = entry.get("product_name") or drop.product_name
     return {
         "id": eid,
         "slot_id": str(entry["slot_id"]) if entry.get("slot_id") else None,
         "drop_id": str(entry["drop_id"]) if entry.get("drop_id") else None,
-        "title": drop_name or drop.product_name or "your drop",
+        "title": drop_name or product_name or "your drop",
         "drop_name": drop_name,
-        "store_name": drop.store_name,
+        "product_name": product_name,
+        "store_name": entry.get("store_name") or drop.store_name,
+        # Why an entry left the line without a seat (booking.waitlist.lapsed): None or
+        # "offer_expired" = an offer ran out; anything else = the line closed.
+        "reason": reason,
         "position": entry.get("position"),
         "state": entry.get("state"),
         "offer_expires_at": entry.get("offer_expires_at"),
@@ -132,6 +138,14 @@ def password_reset_intent(
     payload = {"name": name, "email": email, "token": token, "expires_at": expires_at,
                "link": account_link(base_url, path, token)}
     return Intent(user_id, "password_reset", payload, email=email)
+
+
+def password_changed_intent(
+    *, user_id: uuid.UUID, email: str | None, name: str | None, reason: str | None, at: str | None, base_url: str,
+) -> Intent:
+    payload = {"name": name, "email": email, "reason": reason, "changed_at": at,
+               "reset_url": f"{base_url.rstrip('/')}/forgot-password"}
+    return Intent(user_id, "password_changed", payload, email=email)
 
 
 def reservation_intent(

@@ -45,6 +45,7 @@ TEMPLATES: dict[str, TemplateSpec] = {
     for spec in (
         TemplateSpec("email_verification", (Channel.EMAIL,), account=True, priority=5),
         TemplateSpec("password_reset", (Channel.EMAIL,), account=True, priority=5),
+        TemplateSpec("password_changed", (Channel.EMAIL,), account=True, priority=5),
         TemplateSpec("reservation_confirmed", _CUSTOMER, priority=3, qr=True),
         TemplateSpec("payment_failed", _CUSTOMER, priority=4),
         TemplateSpec("hold_expiring", _CUSTOMER, priority=8),

@@ -52,8 +52,8 @@ async def on_identity(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
     conn, at = uow.conn, env.occurred_at
     if isinstance(ev, identity.UserRegistered):
         await repo.upsert_contact(conn, ev.user_id, email=ev.email, name=ev.name, status=ev.status,
-                                  email_verified=False, at=at)
-        if ev.verification_token:
+                                  email_verified=ev.email_verified, at=at)
+        if ev.verification_token and not ev.email_verified:
             await notify(uow, env, [msgs.verification_intent(
                 user_id=ev.user_id, email=ev.email, name=ev.name, token=ev.verification_token,
                 expires_at=_iso(ev.verification_expires_at), welcome=True, base_url=deps.base_url,
@@ -65,7 +65,13 @@ async def on_identity(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
     elif isinstance(ev, identity.UserStatusChanged):
         await repo.set_contact_status(conn, ev.user_id, ev.status, at)
     elif isinstance(ev, identity.EmailVerified):
-        await repo.mark_contact_verified(conn, ev.user_id, ev.email)
+        await repo.mark_contact_verified(conn, ev.user_id, ev.email, ev.name)
+    elif isinstance(ev, identity.PasswordChanged):
+        # A security notice: account mail, so it goes whatever the preferences say.
+        await notify(uow, env, [msgs.password_changed_intent(
+            user_id=ev.user_id, email=ev.email, name=ev.name, reason=ev.reason, at=_iso(env.occurred_at),
+            base_url=deps.base_url,
+        )], deps)
     elif isinstance(ev, identity.EmailVerificationRequested):
         await notify(uow, env, [msgs.verification_intent(
             user_id=ev.user_id, email=ev.email, name=ev.name, token=ev.token, expires_at=_iso(ev.expires_at),
@@ -148,7 +154,8 @@ async def on_booking(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
         if template != "waitlist_joined":
             dedupe += f":{ev.entry.offer_expires_at}"
         drop = await repo.drop_info(conn, ev.entry.drop_id)
-        view = msgs.entry_view(entry, drop, deps.base_url)
+        reason = ev.reason if isinstance(ev, booking.WaitlistOfferLapsed) else None
+        view = msgs.entry_view(entry, drop, deps.base_url, reason=reason)
         await notify(uow, env, [Intent(ev.entry.user_id, template, {"entry": view}, dedupe_key=dedupe)], deps)
 
 

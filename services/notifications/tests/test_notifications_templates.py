@@ -1,0 +1,208 @@
+"""Every template renders on every channel it is offered on, with the data the events carry;
+broken templates and missing data fail loudly with the reason. No I/O beyond reading files."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import io
+import uuid
+from pathlib import Path
+
+import pytest
+import segno
+from dropslot_notifications.adapters.channels import build_email
+from dropslot_notifications.domain import messages as m
+from dropslot_notifications.domain.failures import TemplateFailure
+from dropslot_notifications.domain.model import TEMPLATES, Channel, Intent
+from dropslot_notifications.rendering import QR_CID, Renderer, format_money, format_when, qr_png
+
+BASE = "http://gw.test"
+USER = {"name": "Ann Example", "email": "ann@example.com"}
+
+
+def snapshot(**over: object) -> dict:
+    snap = {
+        "reservation_id": str(uuid.uuid4()), "slot_id": str(uuid.uuid4()), "drop_id": str(uuid.uuid4()),
+        "store_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "state": "CONFIRMED",
+        "slot_start": "2026-11-24T14:00:00Z", "slot_end": "2026-11-24T14:30:00Z", "amount_cents": 2500,
+        "currency": "EUR", "requires_payment": True, "expires_at": "2026-11-24T13:10:00Z",
+        "drop_name": "Winter Sneaker Drop", "product_name": "Air Max 1", "qr_code_url": "/api/v1/reservations/r/qr.svg",
+        "checkin_token": "ck.eyJyIjoiMSJ9.sig",
+    }
+    snap.update(over)
+    return snap
+
+
+DROP = m.DropInfo("Winter Sneaker Drop", "Air Max 1", "Kicks & Co",
+                  [{"name": "Mitte", "address": "Torstr. 1, Berlin", "phone": "+4930123456"}])
+
+
+def entry(**over: object) -> dict:
+    e = {"entry_id": str(uuid.uuid4()), "slot_id": str(uuid.uuid4()), "drop_id": str(uuid.uuid4()),
+         "store_id": str(uuid.uuid4()), "user_id": str(uuid.uuid4()), "position": 3, "state": "OFFERED",
+         "offer_expires_at": "2026-11-24T13:45:00Z", "slot_start": "2026-11-24T14:00:00Z",
+         "drop_name": "Winter Sneaker Drop"}
+    e.update(over)
+    return e
+
+
+def intents() -> list[Intent]:
+    uid = uuid.uuid4()
+    snap = snapshot()
+    return [
+        m.verification_intent(user_id=uid, email="ann@example.com", name="Ann", token="tok/+=", expires_at=None,
+                              welcome=True, base_url=BASE, path="/verify-email"),
+        m.password_reset_intent(user_id=uid, email="ann@example.com", name="Ann", token="rst",
+                                expires_at="2026-11-24T15:00:00Z", base_url=BASE, path="/reset-password"),
+        m.password_changed_intent(user_id=uid, email="ann@example.com", name=None, reason="reset",
+                                  at="2026-11-24T15:00:00Z", base_url=BASE),
+        m.reservation_intent("reservation_confirmed", snap, DROP, BASE, dedupe=None),
+        m.reservation_intent("hold_expiring", snap, DROP, BASE, dedupe=None),
+        m.reservation_intent("reservation_expired", snap, None, BASE, dedupe=None),
+        m.reservation_intent("reservation_cancelled", snap, DROP, BASE, dedupe=None,
+                             extra={"cancellation": m.cancellation("store", True)}),
+        Intent(uid, "payment_failed", {"reservation": m.unknown_reservation(uuid.uuid4(), BASE), "payment": {
+            "id": "p", "reason": "card_declined", "amount_cents": 2500, "currency": "EUR"}}),
+        Intent(uid, "refund_issued", {"reservation": m.reservation_view(snap, DROP, BASE), "refund": {
+            "refunded_cents": 1000, "total_refunded_cents": 2500, "currency": "EUR"}}),
+        Intent(uid, "waitlist_joined", {"entry": m.entry_view(entry(state="WAITING"), DROP, BASE)}),
+        Intent(uid, "waitlist_offer", {"entry": m.entry_view(entry(), DROP, BASE)}),
+        Intent(uid, "waitlist_offer_lapsed", {"entry": m.entry_view(entry(), None, BASE, reason="offer_expired")}),
+        Intent(uid, "drop_live", {"drop": m.drop_view(
+            {"drop_id": str(uuid.uuid4()), "name": "Winter Sneaker Drop", "starts_at": "2026-11-24T12:00:00Z",
+             "ends_at": "2026-11-24T20:00:00Z"}, "Kicks & Co", BASE)}),
+    ]
+
+
+def ctx(intent: Intent) -> dict:
+    return {**intent.payload, "user": USER, "base_url": BASE, "notification_id": str(uuid.uuid4())}
+
+
+def test_every_template_in_the_catalogue_is_exercised_here() -> None:
+    assert {i.template for i in intents()} == set(TEMPLATES)
+
+
+@pytest.mark.parametrize("intent", intents(), ids=lambda i: i.template)
+def test_every_template_renders_on_each_of_its_channels(intent: Intent) -> None:
+    renderer = Renderer()
+    for channel in TEMPLATES[intent.template].channels:
+        out = renderer.render(intent.template, channel, ctx(intent))
+        assert out.text.strip(), (intent.template, channel)
+        assert "{{" not in out.text and "{%" not in out.text
+        if channel is Channel.EMAIL:
+            assert out.subject and "\n" not in out.subject
+            assert out.html and out.html.lstrip().startswith("<!doctype html>")
+        if channel is Channel.PUSH:
+            assert out.subject
+        if channel is Channel.SMS:
+            assert "\n" not in out.text and len(out.text) <= 320
+
+
+def test_verification_mail_carries_the_token_and_a_link_with_it_url_encoded() -> None:
+    intent = intents()[0]
+    out = Renderer().render("email_verification", Channel.EMAIL, ctx(intent))
+    assert f"{BASE}/verify-email?token=tok%2F%2B%3D" in out.text
+    assert "tok/+=" in out.text
+    assert "Welcome" in (out.subject or "")
+
+
+def test_confirmation_email_embeds_the_qr_of_the_checkin_token_and_shows_slot_and_branch() -> None:
+    snap = snapshot()
+    intent = m.reservation_intent("reservation_confirmed", snap, DROP, BASE, dedupe=None)
+    out = Renderer().render("reservation_confirmed", Channel.EMAIL, ctx(intent))
+    assert [img.cid for img in out.images] == [QR_CID]
+    assert out.images[0].data == qr_png(snap["checkin_token"])
+    assert out.images[0].data.startswith(b"\x89PNG")
+    assert f'src="cid:{QR_CID}"' in (out.html or "")
+    assert "Tue 24 Nov 2026, 14:00 UTC – 14:30 UTC" in out.text
+    assert "Mitte, Torstr. 1, Berlin" in out.text
+    assert "25.00 EUR" in out.text
+    assert f"{BASE}/api/v1/reservations/r/qr.svg" in out.text  # a relative qr_code_url is made absolute
+
+
+def test_qr_png_is_the_segno_rendering_of_the_token() -> None:
+    buf = io.BytesIO()
+    segno.make("abc", error="m", micro=False).save(buf, kind="png", scale=6, border=4)
+    assert qr_png("abc") == buf.getvalue()
+    assert qr_png("abc") != qr_png("abd")
+
+
+def test_confirmation_without_a_token_has_no_image_and_still_renders() -> None:
+    intent = m.reservation_intent("reservation_confirmed", snapshot(checkin_token=None), DROP, BASE, dedupe=None)
+    out = Renderer().render("reservation_confirmed", Channel.EMAIL, ctx(intent))
+    assert out.images == [] and "cid:" not in (out.html or "")
+
+
+def test_waitlist_offer_states_its_deadline_everywhere() -> None:
+    intent = Intent(uuid.uuid4(), "waitlist_offer", {"entry": m.entry_view(entry(), DROP, BASE)})
+    r = Renderer()
+    email_out = r.render("waitlist_offer", Channel.EMAIL, ctx(intent))
+    assert "13:45 UTC" in (email_out.subject or "")
+    assert "Tue 24 Nov 2026, 13:45 UTC" in email_out.text
+    assert "Tue 24 Nov 2026, 13:45 UTC" in r.render("waitlist_offer", Channel.SMS, ctx(intent)).text
+    assert "13:45 UTC" in (r.render("waitlist_offer", Channel.PUSH, ctx(intent)).subject or "")
+
+
+def test_html_is_escaped_but_text_is_not() -> None:
+    intent = m.reservation_intent("reservation_confirmed", snapshot(drop_name="<b>Tom & Jerry</b>"), DROP, BASE,
+                                  dedupe=None)
+    out = Renderer().render("reservation_confirmed", Channel.EMAIL, ctx(intent))
+    assert "&lt;b&gt;Tom &amp; Jerry&lt;/b&gt;" in (out.html or "")
+    assert "<b>Tom & Jerry</b>" in out.text
+
+
+def test_subject_cannot_carry_a_header_injection() -> None:
+    intent = m.reservation_intent("reservation_confirmed", snapshot(drop_name="X\r\nBcc: evil@example.com"),
+                                  DROP, BASE, dedupe=None)
+    out = Renderer().render("reservation_confirmed", Channel.EMAIL, ctx(intent))
+    assert "\r" not in (out.subject or "") and "\n" not in (out.subject or "")
+
+
+def test_missing_data_is_a_template_failure_naming_it() -> None:
+    intent = Intent(uuid.uuid4(), "waitlist_offer", {"not_entry": {}})
+    with pytest.raises(TemplateFailure, match="entry"):
+        Renderer().render("waitlist_offer", Channel.EMAIL, ctx(intent))
+
+
+def test_an_override_directory_replaces_single_files_and_its_errors_are_reported(tmp_path: Path) -> None:
+    (tmp_path / "payment_failed").mkdir()
+    (tmp_path / "payment_failed" / "email.txt").write_text("Oops {% if %}\n")
+    (tmp_path / "drop_live").mkdir()
+    (tmp_path / "drop_live" / "sms.txt").write_text("LIVE: {{ drop.title }}")
+    r = Renderer(tmp_path)
+    pf = next(i for i in intents() if i.template == "payment_failed")
+    with pytest.raises(TemplateFailure, match="syntax error in payment_failed/email.txt line 1"):
+        r.render("payment_failed", Channel.EMAIL, ctx(pf))
+    # the other channels of that template, and other templates, are unaffected
+    assert r.render("payment_failed", Channel.SMS, ctx(pf)).text
+    live = next(i for i in intents() if i.template == "drop_live")
+    assert r.render("drop_live", Channel.SMS, ctx(live)).text == "LIVE: Winter Sneaker Drop"
+
+
+def test_unknown_template_is_a_template_failure() -> None:
+    with pytest.raises(TemplateFailure, match="unknown template"):
+        Renderer().render("no_such_thing", Channel.EMAIL, {})
+
+
+def test_formatters() -> None:
+    assert format_when("2026-11-24T14:05:00+01:00") == "Tue 24 Nov 2026, 13:05 UTC"
+    assert format_money(2550, "eur") == "25.50 EUR"
+    assert format_money(5, "USD") == "0.05 USD"
+    assert format_money(1500, "JPY") == "1500 JPY"
+
+
+def test_email_is_multipart_with_text_html_and_the_inline_qr() -> None:
+    snap = snapshot()
+    intent = m.reservation_intent("reservation_confirmed", snap, DROP, BASE, dedupe=None)
+    rendered = Renderer().render("reservation_confirmed", Channel.EMAIL, ctx(intent))
+    nid = uuid.uuid4()
+    raw = bytes(build_email(sender="DropSlot <no-reply@dropslot.test>", to="ann@example.com", message=rendered,
+                            notification_id=nid, template="reservation_confirmed"))
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert msg["Message-ID"] == f"<{nid}@dropslot.test>"
+    assert msg["X-DropSlot-Notification-Id"] == str(nid)
+    assert "Tue 24 Nov 2026" in msg.get_body(("plain",)).get_content()
+    images = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert len(images) == 1 and images[0]["Content-ID"] == f"<{QR_CID}>"
+    assert images[0].get_payload(decode=True) == qr_png(snap["checkin_token"])
