@@ -1,0 +1,1 @@
+"""Identity's adapters: SQL (repo), Redis (throttle), password hashing."""
