@@ -105,3 +105,13 @@ async def admin(system) -> dict[str, Any]:
         tokens = await login(http, email, ADMIN_PASSWORD)
         me = (await http.get("/users/me", headers=tokens["headers"])).json()
     return {**me, **tokens, "email": email, "password": ADMIN_PASSWORD, "cli_output": done.stdout}
+
+
+@pytest.fixture(scope="session")
+def admin_cli(system) -> Any:
+    """Run `python -m dropslot_identity.admin ARGS...` against the test system (in a thread)."""
+
+    async def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return await asyncio.to_thread(run_admin_cli, system.settings, *args)
+
+    return run
