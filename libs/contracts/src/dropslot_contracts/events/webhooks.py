@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 
 from ..envelope import Event
 from ..registry import register
@@ -16,6 +17,7 @@ class EndpointEvent(Event):
 class EndpointCreated(EndpointEvent):
     TYPE = "webhooks.endpoint.created"
     event_types: list[str] = []
+    description: str | None = None
 
 
 @register
@@ -37,5 +39,12 @@ class EndpointDeleted(EndpointEvent):
 
 @register
 class EndpointDisabled(EndpointEvent):
+    """Deliveries stopped: the receiver answered 410 Gone (`reason` "gone"), or failed without a
+    success for the configured window, 5 days by default ("failing"). Owners re-enable it with
+    PATCH {active: true}; what waited is then delivered."""
+
     TYPE = "webhooks.endpoint.disabled"
     reason: str  # gone | failing
+    failing_since: datetime | None = None
+    last_status_code: int | None = None
+    last_error: str | None = None

@@ -1,0 +1,1 @@
+"""SQL, the encrypted secret store and the HTTP client of the webhooks service."""

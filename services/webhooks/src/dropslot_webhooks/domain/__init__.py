@@ -1,0 +1,1 @@
+"""Webhook rules with no I/O: signing, the retry schedule, event-type filters, address policy."""
