@@ -35,6 +35,8 @@ def main() -> int:
     env = {"DROPSLOT_LOG_JSON": os.environ.get("DROPSLOT_LOG_JSON", "false")}
     env.setdefault("DROPSLOT_WEBHOOKS_ALLOWED_NETWORKS", os.environ.get(
         "DROPSLOT_WEBHOOKS_ALLOWED_NETWORKS", '["127.0.0.0/8","::1/128"]'))
+    # Local receivers in development are plain http.
+    env.setdefault("DROPSLOT_WEBHOOKS_ALLOW_HTTP", os.environ.get("DROPSLOT_WEBHOOKS_ALLOW_HTTP", "true"))
     system = System(env=env, booking_replicas=args.booking_replicas)
     system.plan()
     stopping = False

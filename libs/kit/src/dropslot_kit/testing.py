@@ -203,6 +203,9 @@ def start_system(settings: KitSettings, log_dir: Path, *, booking_replicas: int 
         "DROPSLOT_LOG_JSON": "true",
         "DROPSLOT_RETRY_DELAYS_MS": "[200, 500, 1000]",
         "DROPSLOT_WEBHOOKS_ALLOWED_NETWORKS": '["127.0.0.0/8", "::1/128"]',
+        # Test receivers are plain http on loopback; the retry schedule (5 s, 5 min, ...) runs 100x faster.
+        "DROPSLOT_WEBHOOKS_ALLOW_HTTP": "true",
+        "DROPSLOT_WEBHOOKS_RETRY_SCALE": "0.01",
         "DROPSLOT_PAYMENTS_SANDBOX_CALLBACK_DELAY_SECONDS": "0.1",
         # Budgets of concurrent test systems sharing one Redis stay apart.
         "DROPSLOT_RATE_LIMIT_PREFIX": f"rl:{settings.broker_namespace}",
