@@ -1,0 +1,77 @@
+"""`make dev` needs no mail configuration: with no SMTP host set, the notifications process runs
+its own SMTP catcher, keeps each message as an .eml file and lists them over HTTP.
+
+The app runs in-process against a database and broker namespace of its own (only the
+notifications schema), with the real consumer, sender loop and catcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from dropslot_contracts import Envelope
+from dropslot_contracts.events.identity import UserRegistered
+from dropslot_kit.bootstrap import bootstrap
+from dropslot_kit.launcher import free_port
+from dropslot_kit.migrate import upgrade
+from dropslot_kit.testing import drop_test_resources, eventually, settings_for
+from dropslot_notifications.config import Settings
+from dropslot_notifications.main import create_app
+
+
+@pytest.fixture
+async def dev_app(infra, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path, Settings]]:
+    suffix = uuid.uuid4().hex[:10]
+    base = settings_for(infra, f"dropslot_t_{suffix}", f"t{suffix}")
+    settings = Settings(**{
+        **base.model_dump(), "service": "notifications", "notifications_smtp_catcher_port": free_port(),
+        "notifications_mailbox_dir": str(tmp_path / "mail"), "notifications_poll_seconds": 0.2,
+        "public_base_url": "http://dev.test",
+    })
+    await bootstrap(settings, services=("notifications",))
+    await asyncio.to_thread(upgrade, "notifications", settings)
+    app = create_app(settings)
+    try:
+        async with app.router.lifespan_context(app):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n") as client:
+                yield client, tmp_path / "mail", settings
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(drop_test_resources, settings)
+
+
+async def test_without_an_smtp_host_mail_is_caught_into_a_folder_and_listed(dev_app) -> None:
+    client, folder, settings = dev_app
+    assert settings.smtp_catcher_enabled
+    address = f"newcomer-{uuid.uuid4().hex[:8]}@example.com"
+    env = Envelope.wrap(UserRegistered(user_id=uuid.uuid4(), email=address, name="Newcomer",
+                                       verification_token="dev-token-123"), producer="identity")
+    rt = client._transport.app.state.rt  # type: ignore[attr-defined]
+    await rt.messaging.publish_raw(env.routing_key, env.model_dump_json().encode(), message_id=str(env.id),
+                                   headers={})
+
+    async def listed() -> list[dict]:
+        r = await client.get("/api/v1/notifications/dev/mailbox")
+        assert r.status_code == 200, r.text
+        return [m for m in r.json()["items"] if address in m["to"]]
+
+    [item] = await eventually(listed, timeout=30, what="the caught mail in the listing")
+    assert item["template"] == "email_verification" and item["notification_id"]
+    assert len(list(folder.glob("*.eml"))) == 1
+    detail = (await client.get(f"/api/v1/notifications/dev/mailbox/{item['id']}")).json()
+    assert "http://dev.test/verify-email?token=dev-token-123" in detail["text"]
+    page = await client.get(f"/api/v1/notifications/dev/mailbox/{item['id']}/html")
+    assert page.status_code == 200 and "Confirm my email" in page.text
+    assert (await client.get("/api/v1/notifications/dev/mailbox/..%2Fetc")).status_code == 404
+
+
+def test_the_catcher_is_off_once_a_real_smtp_host_is_configured() -> None:
+    assert Settings(notifications_smtp_host="smtp.example.com").smtp_catcher_enabled is False
+    assert Settings(notifications_smtp_host=None).smtp_catcher_enabled is True
+    assert Settings(notifications_smtp_host="smtp.example.com", notifications_smtp_catcher=True).smtp_catcher_enabled
