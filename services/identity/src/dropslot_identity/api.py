@@ -204,8 +204,8 @@ async def password_reset_confirm(body: ResetConfirmIn, request: Request, svc: Id
 
 @router.get("/auth/jwks.json", tags=["auth"])
 async def jwks(svc: Identity) -> JSONResponse:
-    # Short public caching: verifiers refetch on an unknown kid anyway, so rotation is not delayed.
-    return JSONResponse(await svc.ring.jwks(), headers={"Cache-Control": "public, max-age=60"})
+    # Cached briefly at most: a new key is published this long before it signs (publish delay, 20 s).
+    return JSONResponse(await svc.ring.jwks(), headers={"Cache-Control": "public, max-age=10"})
 
 
 # --- /users ---------------------------------------------------------------------------------------------

@@ -15,8 +15,11 @@ class Settings(KitSettings):
     identity_key_grace_seconds: int = 300
     # The newest key is replaced by a fresh one when older than this; 0 turns automatic rotation off.
     identity_key_rotation_days: float = 30.0
+    # A new key is published this long before it signs anything, so every verifier that meets its kid
+    # can already fetch it (the kit's verifiers refetch the JWKS at most every 5 s).
+    identity_key_publish_seconds: int = 20
     # How long a replica trusts its in-memory copy of the keys (a rotation elsewhere is seen within this).
-    identity_key_cache_seconds: float = 30.0
+    identity_key_cache_seconds: float = 15.0
     # When set, private keys are stored encrypted with it (PKCS#8, best available encryption).
     identity_key_passphrase: str | None = None
 

@@ -1,9 +1,10 @@
 """Access-token signing keys (Ed25519 / EdDSA), shared by every replica through the database.
 
-- The newest unretired key signs; every key that may still have unexpired tokens is in
-  the JWKS (retired keys for the access TTL plus a grace period), so a rotation logs
-  nobody out: old tokens keep verifying until they expire, new ones carry the new `kid`,
-  and verifiers that meet an unknown `kid` refetch the JWKS.
+- A rotation adds a key and retires the others. The new key is in the JWKS at once but
+  signs only after `identity_key_publish_seconds`, so any verifier meeting its `kid`
+  (they refetch the JWKS on an unknown kid) finds it. Until then the previous key keeps
+  signing. Every key that may still have unexpired tokens stays in the JWKS (retired keys
+  for the access TTL plus a grace period), so a rotation logs nobody out.
 - The first replica to start creates the first key; creation and rotation take an
   advisory lock, so racing replicas do not each make one.
 - Each replica caches the keys for `identity_key_cache_seconds`, so a rotation made by
@@ -74,7 +75,10 @@ async def create_key(conn: AsyncConnection, settings: Settings, *, retire_others
 
 
 def keep_retired_seconds(settings: Settings) -> int:
-    return settings.identity_access_ttl_seconds + settings.identity_key_grace_seconds
+    """How long a retired key stays published: it may sign for up to publish + cache seconds after
+    retirement (replicas switch lazily), and its last tokens live for the access TTL."""
+    return int(settings.identity_access_ttl_seconds + settings.identity_key_publish_seconds
+               + settings.identity_key_cache_seconds + settings.identity_key_grace_seconds)
 
 
 async def ensure_key(db: Database, settings: Settings) -> str:
@@ -120,7 +124,6 @@ class KeyRing:
         self.settings = settings
         self._signer: Signer | None = None
         self._public: dict[str, Any] = {}
-        self._jwks: list[dict[str, Any]] = []
         self._loaded_at = 0.0
         self._lock = asyncio.Lock()
 
@@ -128,23 +131,24 @@ class KeyRing:
         async with self._lock:
             if not force and time.monotonic() - self._loaded_at < self.settings.identity_key_cache_seconds:
                 return
-            async with self.db.uow() as uow:
-                newest = await repo.newest_signing_key(uow.conn)
-                published = await repo.published_keys(uow.conn, keep_retired_seconds(self.settings))
+            newest, published = await self._read()
             if newest is None:
                 await ensure_key(self.db, self.settings)
-                self._loaded_at = 0.0
-                async with self.db.uow() as uow:
-                    newest = await repo.newest_signing_key(uow.conn)
-                    published = await repo.published_keys(uow.conn, keep_retired_seconds(self.settings))
+                newest, published = await self._read()
                 assert newest is not None
             if self._signer is None or self._signer.kid != newest["kid"]:
                 self._signer = Signer(newest["kid"], load_private(newest["private_key"],
                                                                   self.settings.identity_key_passphrase))
             jwks = [loads(row["public_jwk"]) for row in published]
-            self._jwks = jwks
             self._public = {j["kid"]: jwt.PyJWK(j).key for j in jwks}
             self._loaded_at = time.monotonic()
+
+    async def _read(self) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        keep = keep_retired_seconds(self.settings)
+        async with self.db.uow() as uow:
+            current = await repo.current_signing_key(uow.conn, self.settings.identity_key_publish_seconds, keep)
+            published = await repo.published_keys(uow.conn, keep)
+        return current, published
 
     async def signer(self) -> Signer:
         await self.load()
@@ -152,8 +156,10 @@ class KeyRing:
         return self._signer
 
     async def jwks(self) -> dict[str, Any]:
-        await self.load()
-        return {"keys": list(self._jwks)}
+        """Read fresh, not from the cache: a key must be visible to verifiers as soon as it exists."""
+        async with self.db.uow() as uow:
+            published = await repo.published_keys(uow.conn, keep_retired_seconds(self.settings))
+        return {"keys": [loads(row["public_jwk"]) for row in published]}
 
     async def public_keys(self, *, force: bool = False) -> dict[str, Any]:
         await self.load(force=force)

@@ -239,6 +239,16 @@ async def newest_signing_key(conn: AsyncConnection) -> Row | None:
         WHERE retired_at IS NULL ORDER BY created_at DESC, kid LIMIT 1""", {})
 
 
+async def current_signing_key(conn: AsyncConnection, publish_seconds: int, keep_retired_seconds: int) -> Row | None:
+    """The key to sign with: the newest one published for at least `publish_seconds` (so every
+    verifier can already fetch it), else the newest of all (the very first key)."""
+    return await _one(conn, """
+        SELECT kid, algorithm, private_key, public_jwk, created_at FROM signing_keys
+        WHERE retired_at IS NULL OR retired_at > now() - make_interval(secs => :keep)
+        ORDER BY (created_at <= now() - make_interval(secs => :publish)) DESC, created_at DESC, kid
+        LIMIT 1""", {"publish": publish_seconds, "keep": keep_retired_seconds})
+
+
 async def published_keys(conn: AsyncConnection, keep_retired_seconds: int) -> list[Row]:
     """Keys that may still have live tokens: the current ones and those retired recently."""
     rows = await conn.execute(text("""
