@@ -26,7 +26,7 @@ from dropslot_contracts.events.booking import (
 )
 from dropslot_contracts.events.catalog import BranchSnapshot, DropCreated, DropLive, DropSnapshot
 from dropslot_contracts.events.payments import PaymentFailed, PaymentRefunded
-from dropslot_kit.testing import eventually, sign_up
+from dropslot_kit.testing import create_store, eventually, sign_up
 from dropslot_notifications.rendering import qr_png
 
 pytestmark = pytest.mark.e2e
@@ -334,3 +334,40 @@ async def test_the_list_is_the_callers_own_paginated_and_needs_sign_in(api, bus,
     other = await sign_up(api)
     assert (await api.get(f"/notifications/{seen[0]}", headers=other["headers"])).status_code == 404
     assert seen[0] not in {n["id"] for n in await my_notifications(api, other)}
+
+
+# --- full flows through the services that produce the events -------------------------------------
+async def test_subscribers_of_a_real_drop_are_mailed_when_catalog_opens_it(api, smtp, customer):
+    owner = await sign_up(api, name="Olga Owner")
+    store = await create_store(api, owner, name="Kicks & Co")
+    sid, h = store["id"], owner["headers"]
+    r = await api.post(f"/stores/{sid}/branches", headers=h, json={
+        "name": "Mitte Flagship", "address": "Torstr. 1, 10119 Berlin", "lat": 52.53, "lng": 13.40,
+        "phone": "+49 30 123456", "opening_hours": {"timezone": "Europe/Berlin"}})
+    assert r.status_code == 201, r.text
+    r = await api.post(f"/stores/{sid}/products", headers=h, json={
+        "name": "Air Max 1", "sku": f"AM1-{uuid.uuid4().hex[:6]}", "price_cents": 0, "currency": "EUR"})
+    assert r.status_code == 201, r.text
+    now = datetime.now(UTC)
+    r = await api.post(f"/stores/{sid}/drops", headers=h, json={
+        "product_id": r.json()["id"], "name": "Spring Sneaker Drop",
+        "starts_at": (now + timedelta(hours=1)).isoformat(), "ends_at": (now + timedelta(hours=3)).isoformat(),
+        "reservation_rule": {"opens_at": (now + timedelta(seconds=8)).isoformat()}})
+    assert r.status_code == 201, r.text
+    drop_id = r.json()["id"]
+    r = await api.post(f"/drops/{drop_id}/publish", headers=h)
+    assert r.status_code == 200 and r.json()["status"] == "SCHEDULED", r.text
+
+    r = await api.post(f"/drops/{drop_id}/subscriptions", headers=customer["headers"])
+    assert r.status_code == 201, r.text
+
+    async def mail() -> Any:
+        found = smtp.to(customer["email"], "drop_live")
+        return found[0] if found else None
+
+    msg = await eventually(mail, timeout=40, what="the drop-live mail when catalog opens the drop")
+    assert msg["Subject"] == "Spring Sneaker Drop is live – reserve your slot"
+    body = plain(msg)
+    assert "from Kicks & Co" in body and f"/drops/{drop_id}" in body
+    assert "CET" in body or "CEST" in body  # the branch's zone, not UTC
+    assert not smtp.to(owner["email"], "drop_live")  # only subscribers

@@ -206,3 +206,15 @@ def test_email_is_multipart_with_text_html_and_the_inline_qr() -> None:
     images = [p for p in msg.walk() if p.get_content_type() == "image/png"]
     assert len(images) == 1 and images[0]["Content-ID"] == f"<{QR_CID}>"
     assert images[0].get_payload(decode=True) == qr_png(snap["checkin_token"])
+
+
+def test_times_are_shown_in_the_pickup_branchs_zone_when_catalog_knows_it() -> None:
+    drop = m.DropInfo("Winter Sneaker Drop", None, None,
+                      [{"name": "Mitte", "address": "Torstr. 1", "phone": None, "timezone": "Europe/Berlin"}])
+    intent = m.reservation_intent("reservation_confirmed", snapshot(), drop, BASE, dedupe=None)
+    out = Renderer().render("reservation_confirmed", Channel.EMAIL, ctx(intent))
+    assert "Tue 24 Nov 2026, 15:00 CET – 15:30 CET" in out.text
+    offer = Intent(uuid.uuid4(), "waitlist_offer", {"entry": m.entry_view(entry(), drop, BASE)})
+    assert "14:45 CET" in (Renderer().render("waitlist_offer", Channel.PUSH, ctx(offer)).subject or "")
+    # a zone catalog sent that this machine does not know falls back to UTC instead of failing
+    assert format_when("2026-11-24T14:00:00Z", "Mars/Olympus_Mons") == "Tue 24 Nov 2026, 14:00 UTC"

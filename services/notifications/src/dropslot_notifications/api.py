@@ -213,11 +213,10 @@ async def get_notification(request: Request, user: CurrentUser, notification_id:
 @router.post("/drops/{drop_id}/subscriptions", response_model=SubscriptionOut, status_code=201)
 async def subscribe(request: Request, response: Response, user: CurrentUser, drop_id: uuid.UUID) -> SubscriptionOut:
     async with _rt(request).db.uow() as uow:
-        # The local copy of the drop may lag catalog by a moment: an unknown drop is accepted
-        # (its live event will find the subscription); a known one must still be ahead of us.
+        # The local copy of the drop may lag catalog by a moment (a drop published a second
+        # ago may still read DRAFT here, or not be known at all): those are accepted, and the
+        # live event finds the subscription. Only a drop known to be past that point is refused.
         status = await repo.drop_status(uow.conn, drop_id)
-        if status == "DRAFT":
-            raise NotFound("no such drop")
         if status in ("ENDED", "CANCELLED"):
             raise DropClosed(f"the drop is {status.lower()}")
         if status == "LIVE":

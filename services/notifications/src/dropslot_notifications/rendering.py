@@ -10,7 +10,9 @@ the notification is FAILED with the error recorded instead of going out half-emp
 directory in `DROPSLOT_NOTIFICATIONS_TEMPLATES_DIR` overrides single files by the same
 relative path, so an operator can restyle a mail without a release.
 
-Times are shown in UTC (the system knows no store or branch time zone yet).
+Times are shown in the pickup branch's time zone when catalog knows it (the branch's
+`opening_hours.timezone`, carried as `tz` in the payload), else in UTC; the zone is always
+named ("16:30 CET", "15:30 UTC").
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ import base64
 import io
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import jinja2
 import segno
@@ -54,7 +57,16 @@ class Rendered:
     images: list[InlineImage] = field(default_factory=list)
 
 
-def _as_datetime(value: Any) -> datetime:
+def _zone(tz: str | None) -> tzinfo:
+    if tz:
+        try:
+            return ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass  # an unknown zone must not fail the message: fall back to UTC
+    return UTC
+
+
+def _as_datetime(value: Any, tz: str | None = None) -> datetime:
     if isinstance(value, datetime):
         dt = value
     elif isinstance(value, str):
@@ -63,17 +75,18 @@ def _as_datetime(value: Any) -> datetime:
         raise TypeError(f"not a date-time: {value!r}")
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=UTC)
-    return dt.astimezone(UTC)
+    return dt.astimezone(_zone(tz))
 
 
-def format_when(value: Any) -> str:
-    """'Tue 24 Nov 2026, 14:00 UTC'."""
-    dt = _as_datetime(value)
-    return f"{dt:%a} {dt.day} {dt:%b %Y, %H:%M} UTC"
+def format_when(value: Any, tz: str | None = None) -> str:
+    """'Tue 24 Nov 2026, 14:00 UTC' (or '..., 15:00 CET' in a branch's zone)."""
+    dt = _as_datetime(value, tz)
+    return f"{dt:%a} {dt.day} {dt:%b %Y, %H:%M} {dt.tzname()}"
 
 
-def format_time(value: Any) -> str:
-    return f"{_as_datetime(value):%H:%M} UTC"
+def format_time(value: Any, tz: str | None = None) -> str:
+    dt = _as_datetime(value, tz)
+    return f"{dt:%H:%M} {dt.tzname()}"
 
 
 def format_money(cents: int, currency: str) -> str:

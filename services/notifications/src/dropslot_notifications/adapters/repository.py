@@ -257,7 +257,8 @@ async def upsert_store(conn: AsyncConnection, store_id: uuid.UUID, name: str, at
 
 
 async def upsert_drop(conn: AsyncConnection, snap: dict[str, Any], at: datetime) -> None:
-    branches = [{"id": str(b.get("id")), "name": b.get("name"), "address": b.get("address"), "phone": b.get("phone")}
+    branches = [{"id": str(b.get("id")), "name": b.get("name"), "address": b.get("address"), "phone": b.get("phone"),
+                 "timezone": (b.get("opening_hours") or {}).get("timezone")}
                 for b in snap.get("branches") or []]
     await conn.execute(text("""
         INSERT INTO drops (drop_id, store_id, name, product_name, store_name, status, starts_at, ends_at,

@@ -40,9 +40,15 @@ def _absolute(base_url: str, url: str | None) -> str | None:
 
 def _branches(raw: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     return [
-        {"name": b.get("name") or "", "address": b.get("address") or "", "phone": b.get("phone")}
+        {"name": b.get("name") or "", "address": b.get("address") or "", "phone": b.get("phone"),
+         "timezone": b.get("timezone") or (b.get("opening_hours") or {}).get("timezone")}
         for b in (raw or [])
     ]
+
+
+def _tz(branches: list[dict[str, Any]]) -> str | None:
+    """The zone times are shown in: the (first) pickup branch's, if catalog knows it."""
+    return next((b["timezone"] for b in branches if b.get("timezone")), None)
 
 
 def reservation_view(snap: dict[str, Any], drop: DropInfo | None, base_url: str) -> dict[str, Any]:
@@ -52,6 +58,7 @@ def reservation_view(snap: dict[str, Any], drop: DropInfo | None, base_url: str)
     drop_name = snap.get("drop_name") or drop.name
     product_name = snap.get("product_name") or drop.product_name
     base = base_url.rstrip("/")
+    branches = _branches(snap.get("branches") if snap.get("branches") is not None else drop.branches)
     return {
         "id": rid,
         "state": snap.get("state"),
@@ -68,7 +75,8 @@ def reservation_view(snap: dict[str, Any], drop: DropInfo | None, base_url: str)
         "expires_at": snap.get("expires_at"),
         "qr_code_url": _absolute(base_url, snap.get("qr_code_url")),
         "checkin_token": snap.get("checkin_token"),
-        "branches": _branches(snap.get("branches") if snap.get("branches") is not None else drop.branches),
+        "branches": branches,
+        "tz": _tz(branches),
         "url": f"{base}/reservations/{rid}",
         "drop_url": f"{base}/drops/{drop_id}" if drop_id else base,
     }
@@ -101,6 +109,7 @@ def entry_view(entry: dict[str, Any], drop: DropInfo | None, base_url: str, *,
         "offer_expires_at": entry.get("offer_expires_at"),
         "slot_start": entry.get("slot_start"),
         "slot_end": entry.get("slot_end"),
+        "tz": _tz(_branches(drop.branches)),
         "url": f"{base_url.rstrip('/')}/waitlist/{eid}",
     }
 
@@ -114,6 +123,7 @@ def drop_view(snap: dict[str, Any], store_name: str | None, base_url: str) -> di
         "store_name": snap.get("store_name") or store_name,
         "starts_at": snap.get("starts_at"),
         "ends_at": snap.get("ends_at"),
+        "tz": _tz(_branches(snap.get("branches"))),
         "url": f"{base_url.rstrip('/')}/drops/{drop_id}",
     }
 
