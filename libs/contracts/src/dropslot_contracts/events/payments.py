@@ -15,6 +15,10 @@ class PaymentEvent(Event):
     status: str
     amount_cents: int
     currency: str
+    # Additive (optional): the provider's intent id, and what was captured / refunded so far.
+    provider_intent_id: str | None = None
+    captured_cents: int | None = None
+    total_refunded_cents: int | None = None
 
 
 @register
@@ -49,10 +53,13 @@ class PaymentFailed(PaymentEvent):
 @register
 class PaymentCanceled(PaymentEvent):
     TYPE = "payments.payment.canceled"
+    reason: str | None = None  # why payments canceled the intent (reservation_expired, refund_requested, ...)
 
 
 @register
 class PaymentRefunded(PaymentEvent):
     TYPE = "payments.payment.refunded"
-    refunded_cents: int
+    refunded_cents: int  # this refund
     total_refunded_cents: int
+    refund_id: uuid.UUID | None = None
+    reason: str | None = None  # store_owner | reservation_cancelled | seat_lost ...

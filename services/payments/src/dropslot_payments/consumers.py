@@ -1,0 +1,32 @@
+"""What payments consumes: booking's reservation lifecycle (one queue, so the events of one
+reservation are seen in the order booking published them, retries aside) and store
+memberships for the owner-only refund."""
+
+from __future__ import annotations
+
+from dropslot_contracts import Envelope
+from dropslot_kit.broker import EventConsumers
+from dropslot_kit.db import UnitOfWork
+from dropslot_kit.memberships import consume_memberships
+
+from .config import Settings
+from .service import payments as uc
+
+BOOKING_EVENTS = (
+    "booking.reservation.created", "booking.reservation.confirmed", "booking.reservation.cancelled",
+    "booking.reservation.expired", "booking.reservation.expiring", "booking.refund.requested",
+)
+
+
+def build_consumers(settings: Settings) -> EventConsumers:
+    consumers = EventConsumers("payments")
+    consume_memberships(consumers)
+
+    @consumers.on(*BOOKING_EVENTS, name="reservations")
+    async def on_booking(env: Envelope, uow: UnitOfWork) -> None:
+        if env.type == "booking.refund.requested":
+            await uc.on_refund_requested(uow, env)
+        else:
+            await uc.on_reservation_event(uow, env, provider=settings.payments_provider)
+
+    return consumers

@@ -1,0 +1,1 @@
+"""Payment rules without I/O."""

@@ -1,0 +1,318 @@
+"""Use cases: booking events in, provider truth in, owner refunds, and the events we emit.
+
+Every function here runs inside one unit of work: the payment row (locked), the provider
+calls still to make (`payment_ops`), and the events (outbox) commit together. Provider I/O
+never happens here; the ops worker (`service/worker.py`) makes the calls and comes back
+through `apply_snapshot`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime
+
+from dropslot_contracts import Envelope
+from dropslot_contracts.events.booking import HoldExpiring, RefundRequested, ReservationCancelled, ReservationEvent
+from dropslot_contracts.events.payments import (
+    PaymentAuthorized,
+    PaymentCanceled,
+    PaymentCreated,
+    PaymentEvent,
+    PaymentFailed,
+    PaymentRefunded,
+    PaymentStatusChanged,
+    PaymentSucceeded,
+)
+from dropslot_kit.auth import Principal
+from dropslot_kit.db import UnitOfWork
+from dropslot_kit.errors import NotFound
+from dropslot_kit.memberships import OWNER, authorize_store
+
+from ..adapters import repository as repo
+from ..adapters.repository import PaymentRow
+from ..domain import payment as dom
+from ..domain.payment import CAPTURED, Command, IntentSnapshot, Milestone, ReservationState, Status
+from ..errors import PaymentNotCaptured, RefundExceedsCaptured
+
+log = logging.getLogger("dropslot.payments")
+
+RESERVATION_STATE_BY_EVENT = {
+    "booking.reservation.created": ReservationState.PENDING,
+    "booking.reservation.confirmed": ReservationState.CONFIRMED,
+    "booking.reservation.cancelled": ReservationState.CANCELLED,
+    "booking.reservation.expired": ReservationState.EXPIRED,
+    "booking.reservation.expiring": ReservationState.PENDING,
+}
+
+
+def idempotency_key(reservation_id: uuid.UUID, operation: str) -> str:
+    """Provider idempotency keys come from (reservation, operation): one intent per
+    reservation, one capture, one cancel, and one key per refund we record."""
+    return f"{reservation_id}:{operation}"
+
+
+# --- events ------------------------------------------------------------------------------------
+def _payload(p: PaymentRow, status: Status) -> dict[str, object]:
+    return dict(
+        payment_id=p.id, store_id=p.store_id, reservation_id=p.reservation_id, user_id=p.user_id,
+        provider=p.provider, status=status.value, amount_cents=p.amount_cents, currency=p.currency,
+        provider_intent_id=p.provider_intent_id, captured_cents=p.captured_cents,
+        total_refunded_cents=p.refunded_cents,
+    )
+
+
+def _emit(uow: UnitOfWork, p: PaymentRow, event: PaymentEvent, before: Status | None) -> None:
+    uow.emit(event, store_id=p.store_id, tenant_key=p.tenant_key,
+             before={"status": before.value} if before else None, after={"status": event.status})
+
+
+async def _announce_status(uow: UnitOfWork, p: PaymentRow, old: Status, cause: str) -> None:
+    """Record a status change (p already carries the new state) and announce it:
+    `status_changed` for every change, `created` for the first one."""
+    await repo.record_transition(uow.conn, p.id, old, p.status, cause)
+    if old == Status.CREATING:
+        _emit(uow, p, PaymentCreated(**_payload(p, p.status)), None)  # type: ignore[arg-type]
+    else:
+        _emit(uow, p, PaymentStatusChanged(**_payload(p, p.status), previous_status=old.value),  # type: ignore[arg-type]
+              old)
+
+
+# --- provider truth ------------------------------------------------------------------------------
+async def apply_snapshot(
+    uow: UnitOfWork, p: PaymentRow, snap: IntentSnapshot, *, fetched_at: datetime, cause: str,
+    refund: repo.RefundRow | None = None,
+) -> PaymentRow:
+    """Bring a (locked) payment in line with the intent as the provider reports it.
+
+    The same path serves callbacks, our own calls' results, the hold's final check and
+    reconciliation. A snapshot fetched before the one already applied is ignored, so two
+    workers racing with different views cannot move a payment backwards.
+    """
+    if p.snapshot_at is not None and fetched_at < p.snapshot_at:
+        await decide(uow, p, cause)
+        return p
+    if snap.amount != p.amount_cents or snap.currency.upper() != p.currency:
+        log.error("payment %s: provider intent %s is for %s %s, expected %s %s", p.id, snap.id, snap.amount,
+                  snap.currency, p.amount_cents, p.currency)
+        if p.status != Status.FAILED and p.status not in CAPTURED:
+            old = p.status
+            await repo.update(uow.conn, p.id, status=Status.FAILED, failure_reason="amount_mismatch")
+            p.status, p.failure_reason = Status.FAILED, "amount_mismatch"
+            await _announce_status(uow, p, old, cause)
+            _emit(uow, p, PaymentFailed(**_payload(p, Status.FAILED), reason="amount_mismatch"),  # type: ignore[arg-type]
+                  old)
+        return p
+
+    ledger = await repo.refund_ledger(uow.conn, p.id)
+    before = p.facts(ledger)
+    out = dom.apply_snapshot(before, snap)
+    fields: dict[str, object] = {"snapshot_at": fetched_at, "next_action": out.next_action}
+    if out.intent_status != p.intent_status:
+        fields["intent_status"] = out.intent_status
+    if p.provider_intent_id is None:
+        fields.update(provider_intent_id=snap.id, client_secret=snap.client_secret)
+        p.provider_intent_id, p.client_secret = snap.id, snap.client_secret
+    old_status = p.status
+    if out.status != old_status:
+        fields["status"] = out.status  # (only on a change: it also resets reconciliation's backoff)
+    fields.update(captured_cents=out.captured_cents, refunded_cents=out.refunded_cents,
+                  failure_reason=out.failure_reason)
+    await repo.update(uow.conn, p.id, **fields)
+    p.status, p.intent_status, p.next_action = out.status, out.intent_status, out.next_action
+    p.captured_cents, p.refunded_cents, p.failure_reason = out.captured_cents, out.refunded_cents, out.failure_reason
+    p.snapshot_at = fetched_at
+    if out.status != old_status:
+        await _announce_status(uow, p, old_status, cause)
+
+    for m in out.milestones:
+        base = _payload(p, out.status)
+        match m:
+            case Milestone.AUTHORIZED:
+                _emit(uow, p, PaymentAuthorized(**base), old_status)  # type: ignore[arg-type]
+            case Milestone.SUCCEEDED:
+                _emit(uow, p, PaymentSucceeded(**base), old_status)  # type: ignore[arg-type]
+            case Milestone.FAILED:
+                _emit(uow, p, PaymentFailed(**base, reason=out.failure_reason or "failed"), old_status)  # type: ignore[arg-type]
+            case Milestone.CANCELED:
+                _emit(uow, p, PaymentCanceled(**base, reason=_cancel_reason(p)), old_status)  # type: ignore[arg-type]
+            case Milestone.REFUNDED:
+                _emit(uow, p, PaymentRefunded(  # type: ignore[arg-type]
+                    **base, refunded_cents=out.refunded_delta,
+                    refund_id=refund.id if refund else None, reason=refund.reason if refund else None,
+                ), old_status)
+    await decide(uow, p, cause)
+    return p
+
+
+def _cancel_reason(p: PaymentRow) -> str:
+    if p.refund_requested:
+        return "refund_requested"
+    if p.reservation_state == ReservationState.EXPIRED:
+        return "reservation_expired"
+    if p.reservation_state == ReservationState.CANCELLED:
+        return "reservation_cancelled"
+    return "canceled"
+
+
+async def decide(uow: UnitOfWork, p: PaymentRow, cause: str) -> None:
+    """Queue the provider call the saga still needs (see domain.payment.next_command)."""
+    ledger = await repo.refund_ledger(uow.conn, p.id)
+    command = dom.next_command(p.facts(ledger))
+    match command:
+        case None:
+            return
+        case Command.CREATE:
+            await repo.enqueue_op(uow.conn, p.id, "create", cause=cause)
+        case Command.CAPTURE:
+            await repo.enqueue_op(uow.conn, p.id, "capture", cause=cause)
+        case Command.CANCEL:
+            if not p.cancel_requested:
+                # Marked before the call: the provider's callback may come back before the
+                # call's own answer, and must read as "we canceled", not "the provider did".
+                await repo.update(uow.conn, p.id, cancel_requested=True)
+                p.cancel_requested = True
+            await repo.enqueue_op(uow.conn, p.id, "cancel", cause=cause)
+        case Command.REFUND_REMAINING:
+            amount = p.captured_cents - max(p.refunded_cents, ledger)
+            reason = "seat_lost" if p.refund_requested else "reservation_cancelled"
+            refund = await repo.insert_refund(uow.conn, payment_id=p.id, tenant_key=p.tenant_key,
+                                              amount_cents=amount, reason=reason, requested_by=None)
+            await repo.enqueue_op(uow.conn, p.id, "refund", refund_id=refund.id, cause=cause)
+        case Command.ABANDON:
+            # The reservation ended before any intent existed: nothing to cancel at the provider.
+            await repo.record_transition(uow.conn, p.id, p.status, Status.CANCELED, cause)
+            await repo.update(uow.conn, p.id, status=Status.CANCELED)
+            p.status = Status.CANCELED
+            _emit(uow, p, PaymentCanceled(**_payload(p, Status.CANCELED), reason=_cancel_reason(p)),  # type: ignore[arg-type]
+                  Status.CREATING)
+
+
+async def fail_without_intent(uow: UnitOfWork, p: PaymentRow, reason: str, cause: str) -> None:
+    """No intent can be made (the provider refuses the amount or currency): the payment fails,
+    and booking cancels the reservation."""
+    if p.status != Status.CREATING:
+        return
+    old = p.status
+    await repo.update(uow.conn, p.id, status=Status.FAILED, failure_reason=reason)
+    p.status, p.failure_reason = Status.FAILED, reason
+    await _announce_status(uow, p, old, cause)
+    _emit(uow, p, PaymentFailed(**_payload(p, Status.FAILED), reason=reason), old)  # type: ignore[arg-type]
+
+
+# --- booking events --------------------------------------------------------------------------------
+async def on_reservation_event(uow: UnitOfWork, env: Envelope, *, provider: str) -> None:
+    event = env.typed()
+    assert isinstance(event, ReservationEvent)
+    r = event.reservation
+    if not r.requires_payment or r.amount_cents <= 0:
+        return  # free drops: nothing to pay
+    await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+    p = await repo.lock_by_reservation(uow.conn, r.reservation_id)
+    state = _reservation_state(env.type, r.state)
+    if p is None:
+        # Any reservation event carries the whole snapshot, so the payment can start from
+        # whichever arrives first (retries may reorder them).
+        await repo.insert_payment(
+            uow.conn, payment_id=uuid.uuid4(), reservation_id=r.reservation_id, user_id=r.user_id,
+            store_id=r.store_id, tenant_key=env.tenant_key, provider=provider, amount_cents=r.amount_cents,
+            currency=r.currency.upper(), reservation_state=state, reservation_event_at=env.occurred_at,
+        )
+        p = await repo.lock_by_reservation(uow.conn, r.reservation_id)
+        assert p is not None
+    fields: dict[str, object] = {}
+    if p.reservation_event_at is None or env.occurred_at >= p.reservation_event_at:
+        fields.update(reservation_state=state, reservation_event_at=env.occurred_at)
+        p.reservation_state = state
+    if state in (ReservationState.CONFIRMED, ReservationState.CHECKED_IN) and not p.reservation_confirmed:
+        fields["reservation_confirmed"] = p.reservation_confirmed = True
+    if isinstance(event, ReservationCancelled) and event.refund != p.refund_on_cancel:
+        fields["refund_on_cancel"] = p.refund_on_cancel = event.refund
+    if p.tenant_key is None and env.tenant_key:
+        fields["tenant_key"] = p.tenant_key = env.tenant_key
+    await repo.update(uow.conn, p.id, **fields)
+    if isinstance(event, HoldExpiring) and event.final_check and p.provider_intent_id is not None:
+        # Booking holds the seat once more because money may be on its way: ask the provider now.
+        await repo.enqueue_op(uow.conn, p.id, "sync", cause="hold_final_check")
+    await decide(uow, p, env.type)
+
+
+def _reservation_state(event_type: str, snapshot_state: str) -> ReservationState:
+    try:
+        return ReservationState(snapshot_state)
+    except ValueError:
+        return RESERVATION_STATE_BY_EVENT.get(event_type, ReservationState.PENDING)
+
+
+async def on_refund_requested(uow: UnitOfWork, env: Envelope) -> None:
+    event = env.typed()
+    assert isinstance(event, RefundRequested)
+    await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+    p = await repo.lock_by_reservation(uow.conn, event.reservation_id)
+    if p is None:
+        log.warning("refund requested for reservation %s, which has no payment", event.reservation_id)
+        return
+    if not p.refund_requested:
+        await repo.update(uow.conn, p.id, refund_requested=True)
+        p.refund_requested = True
+    await decide(uow, p, f"{env.type}:{event.reason}")
+
+
+# --- callbacks -----------------------------------------------------------------------------------
+async def record_callback(
+    uow: UnitOfWork, *, provider: str, event_id: str, event_type: str, intent_id: str | None,
+    payload: dict[str, object], metadata: dict[str, str],
+) -> bool:
+    """Store an authenticated provider event before it acts; queue a re-fetch of its intent.
+    Returns False for a replay (which then has no effect at all)."""
+    await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+    fresh = await repo.record_provider_event(uow.conn, provider=provider, event_id=event_id, event_type=event_type,
+                                             intent_id=intent_id, payload=payload)
+    if not fresh or intent_id is None:
+        return fresh
+    payment_id = await repo.find_by_intent(uow.conn, provider, intent_id)
+    if payment_id is None and metadata.get("payment_id"):
+        # The callback overtook our own record of the intent: the metadata names the payment.
+        try:
+            candidate = await repo.get(uow.conn, uuid.UUID(metadata["payment_id"]))
+        except ValueError:
+            candidate = None
+        if candidate and candidate.provider == provider and candidate.provider_intent_id in (None, intent_id):
+            payment_id = candidate.id
+    if payment_id is None:
+        log.info("%s event %s (%s) for unknown intent %s stored", provider, event_id, event_type, intent_id)
+        return fresh
+    await repo.enqueue_op(uow.conn, payment_id, "sync", cause=f"callback:{event_type}")
+    return fresh
+
+
+# --- store owners ----------------------------------------------------------------------------------
+async def request_refund(
+    uow: UnitOfWork, principal: Principal, payment_id: uuid.UUID, amount_cents: int | None
+) -> tuple[repo.RefundRow, PaymentRow]:
+    await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+    found = await repo.get(uow.conn, payment_id)
+    if found is None:
+        raise NotFound("no such payment")
+    await authorize_store(uow.conn, principal, found.store_id, OWNER)
+    if found.tenant_key:
+        # From here on the request runs as the store's tenant (row-level security).
+        await repo.set_scope(uow.conn, found.tenant_key)
+    p = await repo.lock(uow.conn, payment_id)
+    if p is None:
+        raise NotFound("no such payment")
+    if p.status not in CAPTURED:
+        raise PaymentNotCaptured(f"the payment is {p.status.value}; only captured payments can be refunded",
+                                 payment_status=p.status.value)
+    ledger = await repo.refund_ledger(uow.conn, p.id)
+    available = dom.refundable_cents(p.facts(ledger))
+    amount = available if amount_cents is None else amount_cents
+    if amount <= 0 or amount > available:
+        raise RefundExceedsCaptured(
+            f"at most {available} {p.currency} minor units can still be refunded",
+            refundable_cents=available, captured_cents=p.captured_cents, currency=p.currency,
+        )
+    refund = await repo.insert_refund(uow.conn, payment_id=p.id, tenant_key=p.tenant_key, amount_cents=amount,
+                                      reason="store_owner", requested_by=principal.user_id)
+    await repo.enqueue_op(uow.conn, p.id, "refund", refund_id=refund.id, cause="store_owner_refund")
+    return refund, p

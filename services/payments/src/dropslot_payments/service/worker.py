@@ -1,0 +1,237 @@
+"""Background loops: the provider-operations worker and reconciliation.
+
+Both run in every replica. Work is claimed with `FOR UPDATE SKIP LOCKED` plus a lease
+(`locked_until`), so the provider call itself happens outside any transaction and a
+crashed worker's op is picked up again when its lease runs out; the idempotency key
+makes that retry harmless at the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from dropslot_kit.db import Database
+
+from ..adapters import repository as repo
+from ..adapters.providers.base import (
+    PaymentProvider,
+    ProviderRejected,
+    ProviderStateError,
+    ProviderUnavailable,
+)
+from ..config import Settings
+from ..domain.payment import ENDED, IntentSnapshot, Status
+from . import payments as uc
+
+log = logging.getLogger("dropslot.payments.worker")
+NOTIFY_CHANNEL = "payments_ops"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class OpsWorker:
+    def __init__(self, settings: Settings, db: Database, providers: dict[str, PaymentProvider]):
+        self.settings = settings
+        self.db = db
+        self.providers = providers
+        self._wake = asyncio.Event()
+        self._listener: asyncpg.Connection | None = None
+        self._sem = asyncio.Semaphore(max(1, settings.payments_ops_concurrency))
+
+    async def run(self) -> None:
+        try:
+            await self._listen()
+            while True:
+                self._wake.clear()
+                if await self.run_once():
+                    continue
+                await self._idle()
+        finally:
+            if self._listener is not None:
+                with contextlib.suppress(Exception):
+                    await self._listener.close()
+                self._listener = None
+
+    async def _listen(self) -> None:
+        self._listener = await asyncpg.connect(
+            self.settings.plain_service_dsn(),
+            server_settings={"search_path": "payments", "application_name": "dropslot-payments-ops"},
+        )
+        await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+
+    async def _idle(self) -> None:
+        async with self.db.engine.connect() as conn:
+            nxt = await repo.next_op_due(conn)
+        wait = self.settings.payments_ops_poll_seconds
+        if nxt is not None:
+            wait = max(0.0, min(wait, (nxt - _now()).total_seconds()))
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    async def run_once(self) -> int:
+        """Claim due ops and run them: one payment's ops in order, different payments at once."""
+        async with self.db.engine.begin() as conn:
+            ops = await repo.claim_ops(conn, self.settings.payments_ops_concurrency * 4,
+                                       self.settings.payments_ops_lease_seconds)
+        if not ops:
+            return 0
+        by_payment: dict[Any, list[repo.Op]] = defaultdict(list)
+        for op in ops:
+            by_payment[op.payment_id].append(op)
+
+        async def run_chain(chain: list[repo.Op]) -> None:
+            async with self._sem:
+                for op in chain:
+                    try:
+                        await self.process(op)
+                    except Exception as exc:  # a bug or the database: retry later, keep the loop alive
+                        log.exception("payment op %s (%s) crashed", op.id, op.kind)
+                        with contextlib.suppress(Exception):
+                            async with self.db.engine.begin() as conn:
+                                await repo.retry_op(conn, op.id, self._backoff(op.attempts), repr(exc))
+
+        await asyncio.gather(*(run_chain(c) for c in by_payment.values()))
+        return len(ops)
+
+    def _backoff(self, attempts: int) -> float:
+        cap = self.settings.payments_ops_max_backoff_seconds
+        return min(cap, 0.5 * 2 ** min(attempts, 12)) * random.uniform(0.7, 1)
+
+    async def process(self, op: repo.Op) -> None:
+        async with self.db.uow() as uow:
+            await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+            p = await repo.get(uow.conn, op.payment_id)
+            refund = await repo.get_refund(uow.conn, op.refund_id) if op.refund_id else None
+        assert p is not None, f"op {op.id} for a missing payment"
+        provider = self.providers.get(p.provider)
+        if provider is None:
+            await self._retry(op, f"provider {p.provider!r} is not configured here")
+            return
+        fetched_at = _now()
+        snap: IntentSnapshot | None = None
+        refund_result: tuple[str, str | None, str | None] | None = None  # (status, provider id, error)
+        rejected: ProviderRejected | None = None
+        rid = p.reservation_id
+        try:
+            intent_id = p.provider_intent_id
+            if op.kind == "create" or intent_id is None:
+                if intent_id is None and (p.status != Status.CREATING or p.reservation_state in ENDED):
+                    await self._close_without_intent(op)  # nothing to create any more
+                    return
+                # Same key every time: a retry (or a sync that overtook us) gets the same intent back.
+                snap = await provider.create_intent(
+                    p.amount_cents, p.currency, uc.idempotency_key(rid, "create"),
+                    {"payment_id": str(p.id), "reservation_id": str(rid), "store_id": str(p.store_id)},
+                )
+            elif op.kind == "capture":
+                snap = await self._or_retrieve(provider, intent_id,
+                                               provider.capture(intent_id, uc.idempotency_key(rid, "capture")))
+            elif op.kind == "cancel":
+                snap = await self._or_retrieve(provider, intent_id,
+                                               provider.cancel(intent_id, uc.idempotency_key(rid, "cancel")))
+            elif op.kind == "refund":
+                assert refund is not None
+                if refund.status == "pending":
+                    try:
+                        result = await provider.refund(intent_id, refund.amount_cents,
+                                                       uc.idempotency_key(rid, f"refund:{refund.id}"))
+                        refund_result = ("succeeded" if result.status != "failed" else "failed", result.id, None)
+                    except (ProviderStateError, ProviderRejected) as exc:
+                        refund_result = ("failed", None, str(exc))
+                snap = await provider.retrieve(intent_id)
+            else:  # sync
+                snap = await provider.retrieve(intent_id)
+        except ProviderUnavailable as exc:
+            await self._retry(op, str(exc))
+            return
+        except ProviderRejected as exc:
+            rejected = exc
+
+        async with self.db.uow() as uow:
+            await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+            locked = await repo.lock(uow.conn, op.payment_id)
+            assert locked is not None
+            if refund is not None and refund_result is not None:
+                status, provider_refund_id, error = refund_result
+                await repo.finish_refund(uow.conn, refund.id, status=status, provider_refund_id=provider_refund_id,
+                                         error=error)
+                if error:
+                    log.warning("refund %s of payment %s failed: %s", refund.id, p.id, error)
+            if rejected is not None:
+                await self._rejected(uow, locked, op, rejected)
+            else:
+                assert snap is not None
+                await uc.apply_snapshot(uow, locked, snap, fetched_at=fetched_at, cause=f"{op.kind}:{op.cause or ''}",
+                                        refund=refund)
+            await repo.finish_op(uow.conn, op.id)
+
+    async def _or_retrieve(self, provider: PaymentProvider, intent_id: str, call: Any) -> IntentSnapshot:
+        """A call the intent's state does not allow is not retried: re-fetch and decide again."""
+        try:
+            return await call  # type: ignore[no-any-return]
+        except ProviderStateError as exc:
+            log.info("provider refused on %s (%s); re-fetching the intent", intent_id, exc)
+            return await provider.retrieve(intent_id)
+
+    async def _rejected(self, uow: Any, p: repo.PaymentRow, op: repo.Op, exc: ProviderRejected) -> None:
+        log.error("provider %s rejected %s for payment %s: %s", p.provider, op.kind, p.id, exc)
+        if op.kind == "create" or p.provider_intent_id is None:
+            await uc.fail_without_intent(uow, p, f"provider_rejected:{exc.code}", f"{op.kind}:rejected")
+
+    async def _retry(self, op: repo.Op, error: str) -> None:
+        delay = self._backoff(op.attempts)
+        log.warning("payment op %s (%s) will retry in %.1fs: %s", op.id, op.kind, delay, error)
+        async with self.db.engine.begin() as conn:
+            await repo.retry_op(conn, op.id, delay, error)
+
+    async def _close_without_intent(self, op: repo.Op) -> None:
+        async with self.db.uow() as uow:
+            await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+            p = await repo.lock(uow.conn, op.payment_id)
+            if p is not None:
+                await uc.decide(uow, p, f"{op.kind}:{op.cause or ''}")
+            await repo.finish_op(uow.conn, op.id)
+
+
+class Reconciler:
+    """Asks the provider about payments stuck in a non-final state and applies the answer
+    through the same path as callbacks (a `sync` op), repairing what callbacks missed."""
+
+    def __init__(self, settings: Settings, db: Database):
+        self.settings = settings
+        self.db = db
+
+    async def run(self) -> None:
+        while True:
+            await self.run_once()
+            await asyncio.sleep(self.settings.payments_reconcile_interval_seconds)
+
+    async def run_once(self, *, stale_seconds: float | None = None) -> int:
+        s = self.settings
+        async with self.db.uow() as uow:
+            await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+            ids = await repo.claim_stale(
+                uow.conn, stale_seconds=s.payments_reconcile_stale_seconds if stale_seconds is None else stale_seconds,
+                max_backoff_seconds=s.payments_reconcile_max_backoff_seconds, limit=s.payments_reconcile_batch,
+            )
+            for payment_id in ids:
+                p = await repo.get(uow.conn, payment_id)
+                if p is None:
+                    continue
+                if p.provider_intent_id is None:
+                    await uc.decide(uow, p, "reconcile")  # the create op was lost or failed: decide again
+                else:
+                    await repo.enqueue_op(uow.conn, p.id, "sync", cause="reconcile")
+        if ids:
+            log.info("reconciliation: asked the provider about %d payments", len(ids))
+        return len(ids)
