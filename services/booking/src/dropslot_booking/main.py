@@ -1,11 +1,62 @@
-"""DropSlot booking service: the app factory (`uvicorn dropslot_booking.main:create_app --factory`)."""
+"""DropSlot booking service: the app factory (`uvicorn dropslot_booking.main:create_app --factory`).
 
-from dropslot_kit.app import create_service_app
+Slots, reservations, waitlist and check-in (API.md, booking section). Runs as several
+stateless replicas: all state is in PostgreSQL (schema `booking`); the per-replica caches
+(slot reads, verified tokens, the group-commit queues) are hints and never needed for
+correctness.
+"""
+
+from __future__ import annotations
+
+from dropslot_kit.app import ServiceRuntime, create_service_app
 from fastapi import FastAPI
 
+from .adapters import keys
+from .adapters.hotpath import HotPath, SlotBatcher
+from .api import router
+from .api.deps import TokenCache
 from .config import Settings
+from .consumers import BookingHolder, build_consumers
+from .service import sweeper
+from .service.runtime import Booking, SlotCache
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
-    return create_service_app(settings, title="DropSlot booking")
+    holder = BookingHolder()
+
+    async def on_startup(rt: ServiceRuntime) -> None:
+        assert rt.db is not None
+        hot = HotPath(settings, pool_size=settings.booking_pool_size)
+        await hot.start()
+        async with rt.db.uow() as uow:
+            tokens = await keys.load_or_create(uow.conn)
+        batcher = None
+        if settings.booking_batching:
+            batcher = SlotBatcher(hot, max_batch=settings.booking_batch_max, linger_ms=settings.booking_batch_linger_ms)
+        bk = Booking(settings=settings, db=rt.db, hot=hot, tokens=tokens, batcher=batcher,
+                     slot_cache=SlotCache(settings.booking_slot_cache_seconds))
+        rt.extras["booking"] = bk
+        holder.set(bk)
+
+    async def on_shutdown(rt: ServiceRuntime) -> None:
+        bk: Booking | None = rt.extras.get("booking")
+        if bk is not None:
+            if bk.batcher is not None:
+                await bk.batcher.close()
+            await bk.hot.close()
+
+    async def sweep(rt: ServiceRuntime) -> None:
+        await sweeper.run(await holder.get())
+
+    app = create_service_app(
+        settings,
+        title="DropSlot booking",
+        routers=[router],
+        consumers=build_consumers(holder.get),
+        background=[("sweeper", sweep)],
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
+    )
+    app.state.token_cache = TokenCache(settings.booking_token_cache_size)
+    return app

@@ -1,0 +1,1 @@
+"""Everything that talks to PostgreSQL (all of booking's SQL lives here)."""

@@ -1,0 +1,139 @@
+"""Check-in tokens: compact JWS (EdDSA / Ed25519) that an offline scanner verifies with
+booking's public key (`GET /api/v1/checkins/public-key`).
+
+Claims: `iss` "dropslot-booking", `aud` "dropslot-checkin", `sub` the reservation id, `sto`
+the store, `slt` the slot, `iat`, and `nbf`/`exp` = the check-in window (informational for an
+offline scanner; booking itself judges the window against the slot's current times and
+answers `not-checkin-window` rather than "invalid token").
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+ISSUER = "dropslot-booking"
+AUDIENCE = "dropslot-checkin"
+ALGORITHM = "EdDSA"
+
+
+class InvalidCheckinToken(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class CheckinClaims:
+    reservation_id: uuid.UUID
+    store_id: uuid.UUID
+    slot_id: uuid.UUID
+    kid: str
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    kid: str
+    private: Ed25519PrivateKey | None
+    public: Ed25519PublicKey
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        key = Ed25519PrivateKey.generate()
+        return cls(uuid.uuid4().hex[:16], key, key.public_key())
+
+    @classmethod
+    def from_pem(cls, kid: str, private_pem: str | None, public_pem: str) -> SigningKey:
+        private = None
+        if private_pem:
+            loaded = serialization.load_pem_private_key(private_pem.encode(), password=None)
+            if not isinstance(loaded, Ed25519PrivateKey):
+                raise ValueError("check-in signing key is not Ed25519")
+            private = loaded
+        public = serialization.load_pem_public_key(public_pem.encode())
+        if not isinstance(public, Ed25519PublicKey):
+            raise ValueError("check-in public key is not Ed25519")
+        return cls(kid, private, public)
+
+    def private_pem(self) -> str:
+        assert self.private is not None
+        return self.private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode()
+
+    def public_pem(self) -> str:
+        return self.public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+
+    def jwk(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(self.public))
+        return {**data, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}
+
+
+class CheckinTokens:
+    """Signs with the active key; verifies with any known key (old tokens survive a rotation)."""
+
+    def __init__(self, active: SigningKey, others: list[SigningKey] | None = None):
+        if active.private is None:
+            raise ValueError("the active check-in key needs its private half")
+        self.active = active
+        self.keys = {k.kid: k for k in [*(others or []), active]}
+
+    def sign(
+        self,
+        *,
+        reservation_id: uuid.UUID,
+        store_id: uuid.UUID,
+        slot_id: uuid.UUID,
+        window: tuple[datetime, datetime],
+        issued_at: datetime,
+    ) -> str:
+        claims = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": str(reservation_id),
+            "sto": str(store_id),
+            "slt": str(slot_id),
+            "iat": int(issued_at.timestamp()),
+            "nbf": int(window[0].timestamp()),
+            "exp": int(window[1].timestamp()),
+        }
+        return jwt.encode(claims, self.active.private, algorithm=ALGORITHM, headers={"kid": self.active.kid})
+
+    def verify(self, token: str) -> CheckinClaims:
+        """The claims of a token booking signed; InvalidCheckinToken for anything else."""
+        if not isinstance(token, str) or len(token) > 2048 or token.count(".") != 2:
+            raise InvalidCheckinToken("not a check-in token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidCheckinToken("malformed token") from None
+        if header.get("alg") != ALGORITHM:
+            raise InvalidCheckinToken("unexpected algorithm")
+        key = self.keys.get(str(header.get("kid")))
+        if key is None:
+            raise InvalidCheckinToken("unknown signing key")
+        try:
+            claims = jwt.decode(
+                token,
+                key.public,
+                algorithms=[ALGORITHM],
+                audience=AUDIENCE,
+                issuer=ISSUER,
+                # The window is judged by booking against the slot's current times.
+                options={"verify_exp": False, "verify_nbf": False, "require": ["sub", "sto", "slt"]},
+            )
+            return CheckinClaims(
+                reservation_id=uuid.UUID(claims["sub"]),
+                store_id=uuid.UUID(claims["sto"]),
+                slot_id=uuid.UUID(claims["slt"]),
+                kid=key.kid,
+            )
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise InvalidCheckinToken("signature or claims are invalid") from None

@@ -1,0 +1,98 @@
+"""What booking's use cases share inside one replica (kept in `rt.extras["booking"]`)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from dropslot_kit.db import Database
+
+from ..adapters.hotpath import HotPath, SlotBatcher
+from ..config import Settings
+from ..domain import rules
+from ..domain.tokens import CheckinTokens
+from .views import utcnow
+
+
+class SlotCache:
+    """Per-replica cache of the unlocked read of a slot and its drop (TTL `booking_slot_cache_seconds`).
+
+    Only a hint: every decision that matters is re-checked by the reserve transaction. It
+    spares the database the read (and the slot's lock) for requests refused at once: a slot
+    seen sold out stays sold out for the TTL. Concurrent misses for one slot share one read.
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 20_000):
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.entries: dict[uuid.UUID, tuple[float, dict[str, Any]]] = {}
+        self.inflight: dict[uuid.UUID, asyncio.Future[dict[str, Any] | None]] = {}
+
+    async def get(self, hot: HotPath, slot_id: uuid.UUID) -> dict[str, Any] | None:
+        hit = self.entries.get(slot_id)
+        if hit is not None and time.monotonic() - hit[0] < self.ttl:
+            return hit[1]
+        pending = self.inflight.get(slot_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        fut: asyncio.Future[dict[str, Any] | None] = asyncio.get_running_loop().create_future()
+        self.inflight[slot_id] = fut
+        try:
+            record = await hot.slot_view(slot_id)
+            view = dict(record) if record is not None else None
+            if view is not None:
+                if len(self.entries) >= self.max_entries:
+                    self.entries.clear()
+                self.entries[slot_id] = (time.monotonic(), view)
+            fut.set_result(view)
+            return view
+        except BaseException as exc:
+            fut.set_exception(exc)
+            fut.exception()  # retrieved: waiters re-raise it, nobody logs "never retrieved"
+            raise
+        finally:
+            self.inflight.pop(slot_id, None)
+
+    def mark_sold_out(self, slot_id: uuid.UUID) -> None:
+        hit = self.entries.get(slot_id)
+        if hit is not None:
+            view = {**hit[1], "capacity_reserved": hit[1]["capacity_total"] - hit[1]["capacity_waitlist"]}
+            self.entries[slot_id] = (time.monotonic(), view)
+
+    def forget(self, slot_id: uuid.UUID) -> None:
+        self.entries.pop(slot_id, None)
+
+
+@dataclass
+class Booking:
+    settings: Settings
+    db: Database
+    hot: HotPath
+    tokens: CheckinTokens
+    batcher: SlotBatcher | None = None
+    slot_cache: SlotCache = field(default_factory=lambda: SlotCache(0.25))
+    clock: Callable[[], datetime] = utcnow
+
+    def minutes(self, n: float) -> float:
+        return self.settings.minutes(n)
+
+    def checkin_window(self, slot_start: datetime, slot_end: datetime) -> tuple[datetime, datetime]:
+        return rules.checkin_window(
+            slot_start, slot_end,
+            opens_before=self.settings.minutes(self.settings.booking_checkin_opens_minutes_before),
+            closes_after=self.settings.minutes(self.settings.booking_checkin_closes_minutes_after),
+        )
+
+    def sign_checkin(self, r: dict[str, Any], now: datetime) -> str:
+        return self.tokens.sign(
+            reservation_id=r["id"], store_id=r["store_id"], slot_id=r["slot_id"],
+            window=self.checkin_window(r["slot_start"], r["slot_end"]), issued_at=now,
+        )
+
+    def hold_until(self, now: datetime, hold_minutes: int) -> datetime:
+        return now + timedelta(seconds=self.minutes(hold_minutes))
