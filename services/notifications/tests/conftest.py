@@ -15,6 +15,7 @@ notifications must be pointed at test doubles the shared `system` knows nothing 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import email
 import email.policy
@@ -204,6 +205,28 @@ async def bus(notif_system: RunningSystem) -> AsyncIterator[Bus]:
     yield Bus(conn, exchange)
     with contextlib.suppress(Exception):
         await conn.close()
+
+
+# --- a database and namespace of its own, with only the notifications schema ------------------------
+@pytest.fixture
+async def own_notifications_settings(infra: Infra, tmp_path: Path) -> AsyncIterator[Any]:
+    """For tests that run notifications in-process: nothing else may consume its queues or
+    claim its rows, so neither the shared test database nor its namespace will do."""
+    from dropslot_kit.bootstrap import bootstrap
+    from dropslot_kit.migrate import upgrade
+    from dropslot_notifications.config import Settings
+
+    suffix = uuid.uuid4().hex[:10]
+    base = settings_for(infra, f"dropslot_t_{suffix}", f"t{suffix}")
+    settings = Settings(**{**base.model_dump(), "service": "notifications",
+                           "notifications_mailbox_dir": str(tmp_path / "mail")})
+    await bootstrap(settings, services=("notifications",))
+    await asyncio.to_thread(upgrade, "notifications", settings)
+    try:
+        yield settings
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(drop_test_resources, settings)
 
 
 # --- a signed-up customer whose contact notifications already knows -------------------------------------

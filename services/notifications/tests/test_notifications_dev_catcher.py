@@ -7,8 +7,6 @@ notifications schema), with the real consumer, sender loop and catcher.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,33 +15,22 @@ import httpx
 import pytest
 from dropslot_contracts import Envelope
 from dropslot_contracts.events.identity import UserRegistered
-from dropslot_kit.bootstrap import bootstrap
 from dropslot_kit.launcher import free_port
-from dropslot_kit.migrate import upgrade
-from dropslot_kit.testing import drop_test_resources, eventually, settings_for
+from dropslot_kit.testing import eventually
 from dropslot_notifications.config import Settings
 from dropslot_notifications.main import create_app
 
 
 @pytest.fixture
-async def dev_app(infra, tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path, Settings]]:
-    suffix = uuid.uuid4().hex[:10]
-    base = settings_for(infra, f"dropslot_t_{suffix}", f"t{suffix}")
-    settings = Settings(**{
-        **base.model_dump(), "service": "notifications", "notifications_smtp_catcher_port": free_port(),
-        "notifications_mailbox_dir": str(tmp_path / "mail"), "notifications_poll_seconds": 0.2,
+async def dev_app(own_notifications_settings: Settings) -> AsyncIterator[tuple[httpx.AsyncClient, Path, Settings]]:
+    settings = own_notifications_settings.model_copy(update={
+        "notifications_smtp_catcher_port": free_port(), "notifications_poll_seconds": 0.2,
         "public_base_url": "http://dev.test",
     })
-    await bootstrap(settings, services=("notifications",))
-    await asyncio.to_thread(upgrade, "notifications", settings)
     app = create_app(settings)
-    try:
-        async with app.router.lifespan_context(app):
-            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n") as client:
-                yield client, tmp_path / "mail", settings
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.to_thread(drop_test_resources, settings)
+    async with app.router.lifespan_context(app):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://n") as client:
+            yield client, Path(settings.notifications_mailbox_dir), settings
 
 
 async def test_without_an_smtp_host_mail_is_caught_into_a_folder_and_listed(dev_app) -> None:
