@@ -36,43 +36,33 @@ STATE_CODES = {"payment_intent_unexpected_state", "charge_already_refunded", "ch
                "amount_too_large", "resource_missing", "charge_disputed"}
 
 
-def _get(obj: Any, key: str, default: Any = None) -> Any:
-    if obj is None:
-        return default
-    try:
-        value = obj[key]
-    except (KeyError, TypeError, AttributeError):
-        value = getattr(obj, key, default)
-    return default if value is None else value
-
-
-def snapshot_of(pi: Any) -> IntentSnapshot:
-    charge = _get(pi, "latest_charge")
-    refunded = _get(charge, "amount_refunded", 0) if charge is not None and not isinstance(charge, str) else 0
-    err = _get(pi, "last_payment_error")
-    next_action = _get(pi, "next_action")
-    metadata = _get(pi, "metadata", {}) or {}
-    return IntentSnapshot(
-        id=str(_get(pi, "id")),
-        status=IntentStatus(str(_get(pi, "status"))),
-        amount=int(_get(pi, "amount", 0)),
-        currency=str(_get(pi, "currency", "")).upper(),
-        amount_capturable=int(_get(pi, "amount_capturable", 0)),
-        amount_received=int(_get(pi, "amount_received", 0)),
-        amount_refunded=int(refunded or 0),
-        client_secret=_get(pi, "client_secret"),
-        last_error_code=(_get(err, "decline_code") or _get(err, "code")) if err else None,
-        last_error_message=_get(err, "message") if err else None,
-        next_action=_to_dict(next_action) if next_action else None,
-        cancellation_reason=_get(pi, "cancellation_reason"),
-        metadata={str(k): str(v) for k, v in dict(metadata).items()},
-    )
-
-
-def _to_dict(obj: Any) -> dict[str, Any]:
+def _plain(obj: Any) -> dict[str, Any]:
+    """The SDK's objects as plain dicts (StripeObject is not a Mapping since v15)."""
     if hasattr(obj, "to_dict"):
         return dict(obj.to_dict())
     return dict(obj)
+
+
+def snapshot_of(obj: Any) -> IntentSnapshot:
+    pi = _plain(obj)
+    charge = pi.get("latest_charge")
+    refunded = charge.get("amount_refunded") or 0 if isinstance(charge, dict) else 0
+    err = pi.get("last_payment_error") or None
+    return IntentSnapshot(
+        id=str(pi["id"]),
+        status=IntentStatus(str(pi["status"])),
+        amount=int(pi.get("amount") or 0),
+        currency=str(pi.get("currency") or "").upper(),
+        amount_capturable=int(pi.get("amount_capturable") or 0),
+        amount_received=int(pi.get("amount_received") or 0),
+        amount_refunded=int(refunded),
+        client_secret=pi.get("client_secret"),
+        last_error_code=(err.get("decline_code") or err.get("code")) if err else None,
+        last_error_message=err.get("message") if err else None,
+        next_action=pi.get("next_action") or None,
+        cancellation_reason=pi.get("cancellation_reason"),
+        metadata={str(k): str(v) for k, v in (pi.get("metadata") or {}).items()},
+    )
 
 
 def _translate(exc: stripe.StripeError) -> Exception:
@@ -154,7 +144,8 @@ class StripeProvider:
             re = await self.client.v1.refunds.create_async(params, {"idempotency_key": idempotency_key})
         except stripe.StripeError as exc:
             raise _translate(exc) from exc
-        return ProviderRefund(str(_get(re, "id")), int(_get(re, "amount", 0)), str(_get(re, "status", "pending")))
+        r = _plain(re)
+        return ProviderRefund(str(r["id"]), int(r.get("amount") or 0), str(r.get("status") or "pending"))
 
     def verify_and_parse_callback(self, headers: Mapping[str, str], body: bytes) -> ProviderEvent:
         header = next((v for k, v in headers.items() if k.lower() == SIGNATURE_HEADER.lower()), None)
