@@ -186,7 +186,13 @@ class Messaging:
             CallContext(actor=env.actor, correlation_id=env.correlation_id, request_id=env.correlation_id)
         )
         try:
-            parent = telemetry.extract_context(env.trace.model_dump(exclude_none=True))
+            # The relay's publish span (message header) is the nearest parent; the envelope's own
+            # trace context (the request that emitted it) is the fallback, e.g. for a hand-made
+            # publish or a replay from the dead-letter queue that lost its headers.
+            carrier: dict[str, Any] = env.trace.model_dump(exclude_none=True)
+            if headers.get("traceparent"):
+                carrier = {k: headers[k] for k in ("traceparent", "tracestate") if headers.get(k)}
+            parent = telemetry.extract_context(carrier)
             with telemetry.tracer().start_as_current_span(
                 f"consume {env.type}", context=parent, kind=SpanKind.CONSUMER,
                 attributes={"messaging.system": "rabbitmq", "messaging.destination.name": qname,

@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import asyncpg
+from opentelemetry.trace import SpanKind
 
 from . import telemetry
 from .settings import KitSettings
@@ -106,6 +107,22 @@ class OutboxRelay:
         if row["traceparent"]:
             headers["traceparent"] = row["traceparent"]
         body = row["envelope"].encode() if isinstance(row["envelope"], str) else bytes(row["envelope"])
+        if row["traceparent"] and telemetry.tracing_enabled():
+            # The relay runs later, in another task: continue the trace stored in the row, so
+            # the time an event waited in the outbox shows in the trace, and hand the consumer
+            # this publish span as its parent (message header `traceparent`).
+            parent = telemetry.extract_context({"traceparent": row["traceparent"]})
+            with telemetry.tracer().start_as_current_span(
+                f"publish {row['routing_key']}", context=parent, kind=SpanKind.PRODUCER,
+                attributes={"messaging.system": "rabbitmq", "messaging.destination.name": row["routing_key"],
+                            "messaging.message.id": str(row["id"])},
+            ):
+                telemetry.inject_headers(headers)
+                await asyncio.wait_for(
+                    self.publish(row["routing_key"], body, str(row["id"]), headers),
+                    self.settings.publish_timeout_seconds,
+                )
+            return
         await asyncio.wait_for(
             self.publish(row["routing_key"], body, str(row["id"]), headers),
             self.settings.publish_timeout_seconds,

@@ -20,6 +20,7 @@ import aiohttp
 from dropslot_kit import telemetry
 from dropslot_kit.auth import JWKSVerifier
 from dropslot_kit.errors import PROBLEM_BASE, Problem
+from opentelemetry.trace import SpanKind, StatusCode
 
 from .config import Settings
 from .ratelimit import RateLimiter
@@ -113,7 +114,10 @@ class Gateway:
             return
         started = time.perf_counter()
         path: str = scope["path"]
-        status, headers, body, route = await self._handle(scope, receive, path)
+        if telemetry.tracing_enabled():
+            status, headers, body, route = await self._handle_traced(scope, receive, path)
+        else:
+            status, headers, body, route = await self._handle(scope, receive, path)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         if route:
@@ -133,6 +137,26 @@ class Gateway:
                 await self.shutdown()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def _handle_traced(
+        self, scope: dict[str, Any], receive: Any, path: str
+    ) -> tuple[int, list[tuple[bytes, bytes]], bytes, str | None]:
+        """The request as a SERVER span (continuing a client's `traceparent`), so the forwarded
+        headers carry this trace to the service. Only when tracing is on: it is the hot path."""
+        carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]
+                   if k in (b"traceparent", b"tracestate")}
+        with telemetry.tracer("dropslot.gateway").start_as_current_span(
+            f"gateway {scope['method']}", context=telemetry.extract_context(carrier), kind=SpanKind.SERVER,
+            attributes={"http.request.method": scope["method"], "url.path": path},
+        ) as span:
+            status, headers, body, route = await self._handle(scope, receive, path)
+            span.set_attribute("http.response.status_code", status)
+            if route:  # named by upstream, not path: paths carry ids and would explode span names
+                span.update_name(f"gateway {scope['method']} {route}")
+                span.set_attribute("dropslot.upstream", route)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            return status, headers, body, route
 
     async def _handle(
         self, scope: dict[str, Any], receive: Any, path: str
