@@ -193,6 +193,9 @@ class KeyRing:
 class LocalVerifier(JWKSVerifier):
     """The kit's verifier, fed from identity's own key table instead of an HTTP round trip."""
 
+    _keys: dict[str, Any]
+    _fetched_at: float
+
     def __init__(self, ring: KeyRing, settings: Settings):
         super().__init__("local:signing_keys", issuer=settings.jwt_issuer, audience=settings.jwt_audience,
                          cache_seconds=settings.identity_key_cache_seconds)

@@ -79,7 +79,8 @@ async def mark_email_verified(conn: AsyncConnection, user_id: uuid.UUID) -> date
 
 async def list_users(conn: AsyncConnection, *, limit: int, after: tuple[datetime, uuid.UUID] | None,
                      email: str | None = None, status: str | None = None) -> list[Row]:
-    where, params = ["true"], {"limit": limit}
+    where: list[str] = ["true"]
+    params: dict[str, Any] = {"limit": limit}
     if after is not None:
         where.append("(created_at, id) > (:after_ts, :after_id)")
         params.update(after_ts=after[0], after_id=after[1])
