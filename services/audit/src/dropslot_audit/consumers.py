@@ -1,0 +1,22 @@
+"""Every event of the system lands in the trail; store memberships feed the owner view."""
+
+from __future__ import annotations
+
+from dropslot_contracts import Envelope
+from dropslot_kit.broker import EventConsumers
+from dropslot_kit.db import UnitOfWork
+from dropslot_kit.memberships import consume_memberships
+
+from . import service
+from .config import Settings
+
+
+def build_consumers(settings: Settings) -> EventConsumers:
+    consumers = EventConsumers("audit")
+    consume_memberships(consumers)
+
+    @consumers.on("#", name="trail", prefetch=settings.audit_prefetch)
+    async def on_any_event(env: Envelope, uow: UnitOfWork) -> None:
+        await service.record(uow, env)
+
+    return consumers
