@@ -136,7 +136,8 @@ def booking_settings(base: KitSettings, jwks_url: str, **overrides: Any) -> Sett
     values = {**base.model_dump(), "service": "booking", "jwks_url": jwks_url, "log_level": "WARNING",
               "booking_minute_seconds": 1.0, "booking_sweep_seconds": 0.2, "booking_payment_grace_seconds": 2.0,
               "booking_drop_wait_seconds": 3.0, "retry_delays_ms": [200, 500, 1000],
-              "public_base_url": "http://gateway.test"}
+              "public_base_url": "http://gateway.test", "db_pool_size": 3, "db_max_overflow": 5,
+              "booking_pool_size": 3}
     values.update(overrides)
     return Settings(**values)
 
@@ -166,3 +167,59 @@ async def cluster(test_settings: KitSettings, signer: tuple[TestSigner, str]) ->
         await producer.start()
         stack.push_async_callback(producer.stop)
         yield Cluster(replicas, key, producer, settings)
+
+
+class EventTap:
+    """Every event booking publishes, read from a private queue bound to the real exchange."""
+
+    def __init__(self, settings: KitSettings):
+        self.settings = settings
+        self.seen: list[Envelope] = []
+        self._conn: Any = None
+
+    async def start(self) -> None:
+        import aio_pika
+
+        self._conn = await aio_pika.connect_robust(self.settings.rabbit_url)
+        channel = await self._conn.channel()
+        exchange = await channel.get_exchange(f"{self.settings.broker_namespace}.events")
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(exchange, routing_key="booking.#")
+
+        async def on_message(message: Any) -> None:
+            async with message.process():
+                self.seen.append(Envelope.model_validate_json(message.body))
+
+        await queue.consume(on_message)
+
+    async def stop(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def wait_for(self, event_type: str, timeout: float = 20.0, **match: Any) -> Envelope:
+        def hit(env: Envelope) -> bool:
+            if env.type != event_type:
+                return False
+            data = env.data
+            for k, v in match.items():
+                cur: Any = data
+                for part in k.split("__"):
+                    cur = cur.get(part) if isinstance(cur, dict) else None
+                if str(cur) != str(v):
+                    return False
+            return True
+
+        async def found() -> Envelope | None:
+            return next((e for e in self.seen if hit(e)), None)
+
+        result = await eventually(found, timeout=timeout, what=f"{event_type} {match}")
+        assert result is not None
+        return result
+
+
+@pytest.fixture(scope="session")
+async def tap(cluster: Cluster, test_settings: KitSettings) -> AsyncIterator[EventTap]:
+    t = EventTap(test_settings)
+    await t.start()
+    yield t
+    await t.stop()

@@ -90,8 +90,8 @@ class Booking:
 
     def sign_checkin(self, r: dict[str, Any], now: datetime) -> str:
         return self.tokens.sign(
-            reservation_id=r["id"], store_id=r["store_id"], slot_id=r["slot_id"],
-            window=self.checkin_window(r["slot_start"], r["slot_end"]), issued_at=now,
+            reservation_id=r["id"], store_id=r["store_id"],
+            window=self.checkin_window(r["slot_start"], r["slot_end"]),
         )
 
     def hold_until(self, now: datetime, hold_minutes: int) -> datetime:

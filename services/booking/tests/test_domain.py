@@ -1,0 +1,158 @@
+"""Booking's rules without I/O: capacity arithmetic, rule decisions, states, check-in tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dropslot_booking.domain import rules, states
+from dropslot_booking.domain.capacity import Capacity
+from dropslot_booking.domain.tokens import CheckinTokens, InvalidCheckinToken, SigningKey
+
+NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+
+# --- capacity ------------------------------------------------------------------------------------
+def test_available_counts_held_offers_as_taken() -> None:
+    c = Capacity(total=10, reserved=7, waitlist=2)
+    assert c.taken == 9 and c.available == 1 and not c.sold_out
+    assert Capacity(10, 8, 2).sold_out and Capacity(10, 8, 2).available == 0
+
+
+def test_a_batch_gets_at_most_the_free_seats() -> None:
+    c = Capacity(total=50, reserved=47, waitlist=0)
+    assert c.grant(10) == 3 and c.grant(2) == 2 and c.grant(0) == 0
+    assert Capacity(5, 5, 0).grant(3) == 0
+
+
+def test_capacity_grows_freely_and_shrinks_only_to_what_is_taken() -> None:
+    c = Capacity(total=10, reserved=4, waitlist=2)
+    assert c.can_resize(20) and c.can_resize(6) and not c.can_resize(5)
+
+
+def test_freed_seats_are_offered_to_waiting_people_first() -> None:
+    full = Capacity(total=3, reserved=3, waitlist=0)
+    after = full.release(reserved=1)
+    assert after.available == 1 and after.offers_possible(waiting=5) == 1 and after.offers_possible(waiting=0) == 0
+    with pytest.raises(ValueError):
+        full.release(waitlist=1)
+
+
+# --- the rule ------------------------------------------------------------------------------------
+def test_rule_defaults_are_api_md_defaults() -> None:
+    r = rules.parse_rule({})
+    assert (r.max_per_user, r.hold_minutes, r.waitlist_enabled, r.waitlist_offer_minutes,
+            r.cancel_until_minutes_before, r.refund_on_cancel, r.require_verified_email) == (1, 10, True, 15, 60, True, False)
+
+
+def test_a_bad_field_falls_back_to_its_default_without_losing_the_rest() -> None:
+    r = rules.parse_rule({"max_per_user": 0, "hold_minutes": 3, "unknown": "x"})
+    assert r.max_per_user == 1 and r.hold_minutes == 3
+
+
+def test_hold_and_offer_lengths_follow_the_rule_and_the_minute_scale() -> None:
+    r = rules.parse_rule({"hold_minutes": 5, "waitlist_offer_minutes": 2})
+    assert rules.hold_expires_at(NOW, r) == NOW + timedelta(minutes=5)
+    assert rules.hold_expires_at(NOW, r, minute_seconds=1) == NOW + timedelta(seconds=5)
+    assert rules.offer_expires_at(NOW, r) == NOW + timedelta(minutes=2)
+
+
+def test_customer_may_cancel_until_the_deadline() -> None:
+    r = rules.parse_rule({"cancel_until_minutes_before": 60})
+    start = NOW + timedelta(hours=2)
+    assert rules.may_customer_cancel(NOW, start, r)
+    assert rules.may_customer_cancel(start - timedelta(minutes=60), start, r)
+    assert not rules.may_customer_cancel(start - timedelta(minutes=59), start, r)
+    assert rules.cancel_deadline(start, r) == NOW + timedelta(hours=1)
+
+
+def test_refunds_follow_who_cancels() -> None:
+    no_refund = rules.parse_rule({"refund_on_cancel": False})
+    assert rules.refund_on_cancel(by_store=True, requires_payment=True, rule=no_refund) is True
+    assert rules.refund_on_cancel(by_store=False, requires_payment=True, rule=no_refund) is False
+    assert rules.refund_on_cancel(by_store=False, requires_payment=True, rule=rules.parse_rule({})) is True
+    assert rules.refund_on_cancel(by_store=True, requires_payment=False, rule=no_refund) is False
+
+
+def test_checkin_window_opens_before_the_slot_and_closes_at_its_end() -> None:
+    start, end = NOW, NOW + timedelta(minutes=30)
+    w = {"opens_before": 30 * 60, "closes_after": 0}
+    assert rules.in_checkin_window(start - timedelta(minutes=30), start, end, **w)
+    assert not rules.in_checkin_window(start - timedelta(minutes=31), start, end, **w)
+    assert rules.in_checkin_window(end, start, end, **w)
+    assert not rules.in_checkin_window(end + timedelta(seconds=1), start, end, **w)
+
+
+def test_reminder_only_for_holds_longer_than_the_reminder() -> None:
+    assert rules.reminder_due_at(NOW, NOW + timedelta(minutes=10), 180) == NOW + timedelta(minutes=7)
+    assert rules.reminder_due_at(NOW, NOW + timedelta(minutes=2), 180) is None
+
+
+# --- states --------------------------------------------------------------------------------------
+def test_reservation_state_machine() -> None:
+    assert states.initial_state(0) == states.CONFIRMED and states.initial_state(1) == states.PENDING
+    assert states.can_transition(states.PENDING, states.CONFIRMED)
+    assert states.can_transition(states.CONFIRMED, states.CHECKED_IN)
+    assert states.can_transition(states.EXPIRED, states.CONFIRMED)  # a late payment wins the seat back
+    assert not states.can_transition(states.CHECKED_IN, states.CANCELLED)
+    assert not states.can_transition(states.CANCELLED, states.PENDING)
+    assert states.ACTIVE == {"PENDING", "CONFIRMED", "CHECKED_IN"}
+
+
+# --- check-in tokens -----------------------------------------------------------------------------
+def _sign(tokens: CheckinTokens, rid: uuid.UUID | None = None) -> str:
+    return tokens.sign(reservation_id=rid or uuid.uuid4(), store_id=uuid.uuid4(),
+                       window=(NOW, NOW + timedelta(hours=1)))
+
+
+def test_token_round_trip_and_compactness() -> None:
+    tokens = CheckinTokens(SigningKey.generate())
+    rid = uuid.uuid4()
+    token = _sign(tokens, rid)
+    assert len(token) < 400
+    claims = tokens.verify(token)
+    assert claims.reservation_id == rid and claims.kid == tokens.active.kid
+
+
+def test_token_verifies_offline_with_the_published_key_only() -> None:
+    import jwt
+
+    tokens = CheckinTokens(SigningKey.generate())
+    token = _sign(tokens)
+    public = SigningKey.from_pem(tokens.active.kid, None, tokens.active.public_pem())
+    offline = jwt.decode(token, public.public, algorithms=["EdDSA"], audience="dropslot-checkin",
+                         options={"verify_exp": False, "verify_nbf": False})
+    assert offline["iss"] == "dropslot-booking"
+    from_jwk = jwt.PyJWK(tokens.active.jwk()).key
+    assert jwt.decode(token, from_jwk, algorithms=["EdDSA"], audience="dropslot-checkin",
+                      options={"verify_exp": False, "verify_nbf": False})["sub"] == offline["sub"]
+
+
+def _b64(data: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+
+def test_forged_and_altered_tokens_are_refused() -> None:
+    tokens = CheckinTokens(SigningKey.generate())
+    token = _sign(tokens)
+    header, payload, sig = token.split(".")
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    altered = ".".join([header, _b64({**claims, "sub": str(uuid.uuid4())}), sig])
+    forged = _sign(CheckinTokens(SigningKey.generate()))  # right shape, someone else's key
+    same_kid = CheckinTokens(SigningKey(tokens.active.kid, *(lambda k: (k, k.public_key()))(
+        __import__("cryptography.hazmat.primitives.asymmetric.ed25519", fromlist=["x"]).Ed25519PrivateKey.generate())))
+    impostor = _sign(same_kid)
+    unsigned = ".".join([_b64({"alg": "none", "kid": tokens.active.kid}), payload, ""])
+    for bad in (altered, forged, impostor, unsigned, "garbage", "a.b.c", token[:-4] + "AAAA", ""):
+        with pytest.raises(InvalidCheckinToken):
+            tokens.verify(bad)
+
+
+def test_tokens_of_a_previous_key_still_verify_after_rotation() -> None:
+    old = SigningKey.generate()
+    token = _sign(CheckinTokens(old))
+    rotated = CheckinTokens(SigningKey.generate(), [old])
+    assert rotated.verify(token).kid == old.kid
