@@ -165,6 +165,9 @@ def notif_system(
         "DROPSLOT_NOTIFICATIONS_RETRY_BASE_SECONDS": "0.5",
         "DROPSLOT_NOTIFICATIONS_RETRY_MAX_SECONDS": "2",
         "DROPSLOT_NOTIFICATIONS_POLL_SECONDS": "0.25",
+        # Several engineers' test systems share one PostgreSQL (100 connections): keep few idle.
+        "DROPSLOT_DB_POOL_SIZE": "2",
+        "DROPSLOT_DB_MAX_OVERFLOW": "8",
     }
     log_dir = tmp_path_factory.mktemp("notif-system-logs")
     try:
@@ -244,6 +247,11 @@ async def verified_contact_customer(api: httpx.AsyncClient, smtp: SmtpServer) ->
 
 @pytest.fixture
 async def customer(api: httpx.AsyncClient, smtp: SmtpServer) -> dict[str, Any]:
+    return await verified_contact_customer(api, smtp)
+
+
+@pytest.fixture
+async def second_customer(api: httpx.AsyncClient, smtp: SmtpServer) -> dict[str, Any]:
     return await verified_contact_customer(api, smtp)
 
 

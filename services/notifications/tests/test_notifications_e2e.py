@@ -13,6 +13,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import unquote
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -371,3 +372,108 @@ async def test_subscribers_of_a_real_drop_are_mailed_when_catalog_opens_it(api, 
     assert "from Kicks & Co" in body and f"/drops/{drop_id}" in body
     assert "CET" in body or "CEST" in body  # the branch's zone, not UTC
     assert not smtp.to(owner["email"], "drop_live")  # only subscribers
+
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def berlin(dt: datetime) -> str:
+    local = dt.astimezone(BERLIN)
+    return f"{local:%a} {local.day} {local:%b %Y, %H:%M} {local.tzname()}"
+
+
+async def live_free_drop(api: httpx.AsyncClient, *, capacity: int) -> dict[str, Any]:
+    """A store with a Berlin branch, a free product, a drop that is LIVE now and one slot
+    starting in three hours (well before the default cancellation deadline)."""
+    owner = await sign_up(api, name="Olga Owner")
+    store = await create_store(api, owner, name="Kicks & Co")
+    sid, h = store["id"], owner["headers"]
+    r = await api.post(f"/stores/{sid}/branches", headers=h, json={
+        "name": "Mitte Flagship", "address": "Torstr. 1, 10119 Berlin", "lat": 52.53, "lng": 13.40,
+        "opening_hours": {"timezone": "Europe/Berlin"}})
+    assert r.status_code == 201, r.text
+    r = await api.post(f"/stores/{sid}/products", headers=h, json={
+        "name": "Air Max 1", "sku": f"AM1-{uuid.uuid4().hex[:6]}", "price_cents": 0, "currency": "EUR"})
+    assert r.status_code == 201, r.text
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    r = await api.post(f"/stores/{sid}/drops", headers=h, json={
+        "product_id": r.json()["id"], "name": "Spring Sneaker Drop",
+        "starts_at": (now + timedelta(hours=2)).isoformat(), "ends_at": (now + timedelta(hours=5)).isoformat()})
+    assert r.status_code == 201, r.text
+    drop_id = r.json()["id"]
+    r = await api.post(f"/drops/{drop_id}/publish", headers=h)
+    assert r.status_code == 200 and r.json()["status"] == "LIVE", r.text
+    start = now + timedelta(hours=3)
+
+    async def slot() -> dict[str, Any] | None:  # booking learns of the drop from catalog's event
+        r = await api.post(f"/drops/{drop_id}/slots", headers=h, json={
+            "start_time": start.isoformat(), "end_time": (start + timedelta(minutes=30)).isoformat(),
+            "capacity_total": capacity})
+        return r.json() if r.status_code == 201 else None
+
+    return {"drop_id": drop_id, "owner": owner, "slot": await eventually(slot, timeout=30, what="a slot"),
+            "start": start}
+
+
+async def reserve(api: httpx.AsyncClient, user: dict[str, Any], slot_id: str) -> dict[str, Any]:
+    async def attempt() -> dict[str, Any] | None:  # the drop goes on sale in booking a moment later
+        r = await api.post("/reservations", json={"slot_id": slot_id},
+                           headers={**user["headers"], "Idempotency-Key": uuid.uuid4().hex})
+        if r.status_code == 409 and r.json()["type"].endswith(("/drop-not-live", "/slot-closed")):
+            return None
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    return await eventually(attempt, timeout=30, what="a reservation")
+
+
+async def test_a_reservation_booking_confirms_is_mailed_with_its_qr_slot_and_branch(api, smtp, customer):
+    drop = await live_free_drop(api, capacity=5)
+    reservation = await reserve(api, customer, drop["slot"]["id"])
+    assert reservation["state"] == "CONFIRMED" and reservation["checkin_token"]
+
+    async def mail() -> Any:
+        found = smtp.to(customer["email"], "reservation_confirmed")
+        return found[0] if found else None
+
+    msg = await eventually(mail, timeout=30, what="the confirmation mail")
+    body = plain(msg)
+    assert f"{berlin(drop['start'])} – " in body  # the slot, in the branch's time zone
+    assert "Mitte Flagship, Torstr. 1, 10119 Berlin" in body and "Kicks & Co" in body
+    assert reservation["id"] in body
+    [image] = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert image.get_payload(decode=True) == qr_png(reservation["checkin_token"])
+
+
+async def test_a_seat_freed_by_a_cancellation_is_offered_by_mail_with_its_deadline(
+    api, smtp, customer, second_customer
+):
+    drop = await live_free_drop(api, capacity=1)
+    slot_id = drop["slot"]["id"]
+    holder = await reserve(api, customer, slot_id)
+    full = await api.post("/reservations", json={"slot_id": slot_id},
+                          headers={**second_customer["headers"], "Idempotency-Key": uuid.uuid4().hex})
+    assert full.status_code == 409 and full.json()["type"].endswith("/sold-out"), full.text
+    r = await api.post(f"/slots/{slot_id}/waitlist", headers=second_customer["headers"])
+    assert r.status_code == 201, r.text
+    entry_id = r.json()["id"]
+    await eventually(lambda: _has(smtp.to(second_customer["email"], "waitlist_joined")), timeout=30,
+                     what="the waitlist-joined mail")
+
+    r = await api.post(f"/reservations/{holder['id']}/cancel", headers=customer["headers"])
+    assert r.status_code == 200, r.text
+
+    async def offer_mail() -> Any:
+        found = smtp.to(second_customer["email"], "waitlist_offer")
+        return found[0] if found else None
+
+    msg = await eventually(offer_mail, timeout=30, what="the offer mail")
+    entry = (await api.get(f"/waitlist/{entry_id}", headers=second_customer["headers"])).json()
+    assert entry["state"] == "OFFERED", entry
+    deadline = datetime.fromisoformat(entry["offer_expires_at"].replace("Z", "+00:00"))
+    assert berlin(deadline) in plain(msg)
+    assert f"{deadline.astimezone(BERLIN):%H:%M}" in msg["Subject"]
+    assert f"/waitlist/{entry_id}" in plain(msg)
+    await eventually(lambda: _has(smtp.to(customer["email"], "reservation_cancelled")), timeout=30,
+                     what="the cancellation mail to the first customer")
+    assert "as you asked" in plain(smtp.to(customer["email"], "reservation_cancelled")[0])
