@@ -12,6 +12,10 @@ DEV_SANDBOX_SECRET = "sbx_whsec_dropslot_dev_only"
 
 class Settings(KitSettings):
     service: str = "payments"
+    # Payments is not on the hot path: keep few idle connections (PostgreSQL's slots are shared
+    # by every service), burst above that when the ops worker is busy.
+    db_pool_size: int = 4
+    db_max_overflow: int = 8
 
     # Provider of new payments: "sandbox" (built in, default) or "stripe".
     payments_provider: str = "sandbox"
@@ -42,7 +46,7 @@ class Settings(KitSettings):
 
     # --- callbacks, provider operations, reconciliation -----------------------------------------
     payments_webhook_tolerance_seconds: int = 300
-    payments_ops_concurrency: int = 8
+    payments_ops_concurrency: int = 4
     payments_ops_poll_seconds: float = 1.0
     payments_ops_lease_seconds: float = 30.0
     payments_ops_max_backoff_seconds: float = 60.0
