@@ -55,9 +55,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     async def startup(rt: ServiceRuntime) -> None:
+        """Make sure a signing key exists and warm the cache. If the database is briefly unreachable,
+        start anyway: the key ring loads (and creates the first key) on first use."""
         svc: IdentityService = rt.extras["identity"]
-        await keys.ensure_key(svc.db, settings)
-        await svc.ring.load(force=True)
+        for attempt in range(3):
+            try:
+                await keys.ensure_key(svc.db, settings)
+                await svc.ring.load(force=True)
+                return
+            except Exception as exc:  # noqa: BLE001  (any database failure: retry, then go lazy)
+                log.warning("signing keys not loaded at start (attempt %d): %r", attempt + 1, exc)
+                await asyncio.sleep(1.0 + attempt)
 
     async def shutdown(rt: ServiceRuntime) -> None:
         with contextlib.suppress(Exception):
