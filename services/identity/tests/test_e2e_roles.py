@@ -152,7 +152,16 @@ async def test_customer_cannot_create_a_product_in_someone_elses_store(http, tap
         pytest.skip("catalog has no POST /stores route yet (404 for the route itself)")
     assert probe.status_code == 201, probe.text
     store = await create_store(http, owner)
+    # Straight away (identity may not have heard of the store yet), the owner hires staff.
+    helper = await sign_up(http, email=unique_email("clerk"))
+    r = await http.post(f"/users/{helper['id']}/roles", json={"code": "store_staff", "store_id": store["id"]},
+                        headers=owner["headers"])
+    assert r.status_code == 201, r.text
     customer = await sign_up(http, email=unique_email("nosy"))
+    # ...and a customer cannot hire anyone there.
+    r = await http.post(f"/users/{customer['id']}/roles", json={"code": "store_staff", "store_id": store["id"]},
+                        headers=customer["headers"])
+    assert r.status_code == 403
     product = {"name": "Sneaker", "sku": f"sku-{uuid.uuid4().hex[:6]}", "description": "", "images": [],
                "price_cents": 1000, "currency": "EUR", "is_active": True}
     r = await http.post(f"/stores/{store['id']}/products", json=product, headers=customer["headers"])

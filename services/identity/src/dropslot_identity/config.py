@@ -23,6 +23,10 @@ class Settings(KitSettings):
     # When set, private keys are stored encrypted with it (PKCS#8, best available encryption).
     identity_key_passphrase: str | None = None
 
+    # A store owner hiring staff for a store identity has not heard of yet (its creation event is in
+    # flight) waits up to this long for it instead of getting 403.
+    identity_new_store_wait_seconds: float = 3.0
+
     # --- passwords (argon2id; RFC 9106's second recommended parameter set by default) -----------
     identity_password_min_length: int = 8
     identity_password_max_length: int = 256

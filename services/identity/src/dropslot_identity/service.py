@@ -7,6 +7,7 @@ connection is held while a password hashes.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import logging
@@ -436,8 +437,26 @@ class IdentityService:
             raise errors.UserNotFound()
         return target
 
+    async def _await_new_store(self, actor_id: uuid.UUID, code: str, store_id: uuid.UUID | None) -> None:
+        """A store created a moment ago may not have reached identity yet (`catalog.store.created` is
+        asynchronous). When the actor is not (yet) its owner and identity has never heard of the store,
+        wait briefly for the event instead of refusing a legitimate owner. Holds no connection while
+        waiting; an unknown store after the wait is refused as usual."""
+        if code != R.STORE_STAFF or store_id is None or self.settings.identity_new_store_wait_seconds <= 0:
+            return
+        deadline = asyncio.get_running_loop().time() + self.settings.identity_new_store_wait_seconds
+        while True:
+            async with self.db.uow() as uow:
+                roles = await repo.roles_of(uow.conn, actor_id)
+                if R.may_manage(roles, code, store_id) or await repo.tenant_key_of(uow.conn, store_id) is not None:
+                    return
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.2)
+
     async def grant_role(self, actor_id: uuid.UUID, user_id: uuid.UUID, code: str,
                          store_id: uuid.UUID | None) -> tuple[dict[str, Any], bool]:
+        await self._await_new_store(actor_id, code, store_id)
         async with self.db.uow() as uow:
             await self._authorize_role_change(uow, actor_id, user_id, code, store_id)
             created = await repo.grant_role(uow.conn, user_id, code, store_id, actor_id)
@@ -450,6 +469,7 @@ class IdentityService:
 
     async def revoke_role(self, actor_id: uuid.UUID, user_id: uuid.UUID, code: str,
                           store_id: uuid.UUID | None) -> bool:
+        await self._await_new_store(actor_id, code, store_id)
         async with self.db.uow() as uow:
             await self._authorize_role_change(uow, actor_id, user_id, code, store_id)
             removed = await repo.revoke_role(uow.conn, user_id, code, store_id)
