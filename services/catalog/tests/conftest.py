@@ -142,20 +142,41 @@ def iso(t: datetime) -> str:
 
 
 @pytest.fixture(params=["direct", pytest.param("gateway", marks=pytest.mark.e2e)])
-async def api(request: pytest.FixtureRequest, issuer: TokenIssuer) -> AsyncIterator[Api]:
+def target(request: pytest.FixtureRequest) -> tuple[str, Any]:
+    """Where requests go. Resolved in a plain (sync) fixture: the session fixtures behind
+    it run `asyncio.run`, which cannot happen inside a running loop."""
     if request.param == "direct":
-        app = request.getfixturevalue("catalog_app")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://catalog.test/api/v1", timeout=20) as http:
+        return "direct", request.getfixturevalue("catalog_app")
+    return "gateway", request.getfixturevalue("system")
 
-            async def make_user() -> dict[str, Any]:
-                uid = uuid.uuid4()
-                return {"id": str(uid), "headers": {"Authorization": f"Bearer {issuer.mint(uid)}"}}
 
-            yield Api(http, make_user, "direct")
+@contextlib.asynccontextmanager
+async def _direct(app: Any, issuer: TokenIssuer) -> AsyncIterator[Api]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://catalog.test/api/v1", timeout=20) as http:
+
+        async def make_user() -> dict[str, Any]:
+            uid = uuid.uuid4()
+            return {"id": str(uid), "headers": {"Authorization": f"Bearer {issuer.mint(uid)}"}}
+
+        yield Api(http, make_user, "direct")
+
+
+@pytest.fixture
+async def direct_api(catalog_app: Any, issuer: TokenIssuer) -> AsyncIterator[Api]:
+    """The in-process catalog only (integration tests that also look into the database)."""
+    async with _direct(catalog_app, issuer) as api:
+        yield api
+
+
+@pytest.fixture
+async def api(target: tuple[str, Any], issuer: TokenIssuer) -> AsyncIterator[Api]:
+    mode, where = target
+    if mode == "direct":
+        async with _direct(where, issuer) as api:
+            yield api
     else:
-        system = request.getfixturevalue("system")
-        async with httpx.AsyncClient(base_url=system.api, timeout=20) as http:
+        async with httpx.AsyncClient(base_url=where.api, timeout=20) as http:
 
             async def make_user() -> dict[str, Any]:
                 return await sign_up(http)

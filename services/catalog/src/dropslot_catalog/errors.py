@@ -39,7 +39,9 @@ class ValidationFailed(Problem):
 
     def __init__(self, field: str, reason: str, *, location: str = "body", **extra: Any):
         loc = [location, *field.split(".")]
-        super().__init__(f"{field}: {reason}", errors=[{"name": field, "reason": reason, "loc": loc}], **extra)
+        # Named like the kit's request validation errors: body fields bare, others prefixed.
+        name = field if location == "body" else f"{location}.{field}"
+        super().__init__(f"{field}: {reason}", errors=[{"name": name, "reason": reason, "loc": loc}], **extra)
 
 
 def install(app: FastAPI) -> None:
