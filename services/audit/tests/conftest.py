@@ -1,13 +1,17 @@
-"""Fixtures for audit's tests: the audit service in this process on the session's real
-database, in a broker namespace of its own (so the whole-system processes of an e2e run do
-not compete for its queue), test access tokens from a local JWKS, and a publisher that sends
-envelopes through the real broker as any producing service would."""
+"""Fixtures for audit's tests: the audit service in this process against real PostgreSQL and
+RabbitMQ, test access tokens from a local JWKS, and a publisher that sends envelopes through
+the real broker as any producing service would.
+
+These tests get a database and broker namespace of their own (audit schema only), not the
+session's: when an e2e run has the whole system up, its audit process would otherwise relay
+our outbox rows and compete for our queues."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,18 +20,31 @@ import pytest
 from dropslot_audit.config import Settings
 from dropslot_audit.main import create_app
 from dropslot_contracts import Actor, Envelope, Event
+from dropslot_kit.bootstrap import bootstrap
 from dropslot_kit.broker import Messaging
+from dropslot_kit.migrate import upgrade
 from dropslot_kit.settings import KitSettings
-from dropslot_kit.testing import delete_namespace
+from dropslot_kit.testing import Infra, delete_namespace, drop_test_resources, settings_for
 from dropslot_kit.testkeys import JwksServer, TestSigner
 
 
-def audit_settings(test_settings: KitSettings, **overrides: Any) -> Settings:
-    """The session's database with a fresh broker namespace."""
-    base = test_settings.model_dump(exclude={"service"})
-    ns = f"{test_settings.broker_namespace}x{uuid.uuid4().hex[:6]}"
+@pytest.fixture(scope="session")
+def audit_db(infra: Infra) -> Iterator[KitSettings]:
+    """A fresh database with only the audit schema migrated, and its own broker namespace."""
+    suffix = uuid.uuid4().hex[:10]
+    settings = settings_for(infra, f"dropslot_audit_t_{suffix}", f"ta{suffix}", service="audit")
+    asyncio.run(bootstrap(settings, services=("audit",)))
+    upgrade("audit", settings)
+    yield settings
+    drop_test_resources(settings)
+
+
+def audit_settings(base_settings: KitSettings, **overrides: Any) -> Settings:
+    """That database, with a broker namespace of its own for each app."""
+    base = base_settings.model_dump(exclude={"service"})
+    ns = f"{base_settings.broker_namespace}x{uuid.uuid4().hex[:6]}"
     return Settings(**{**base, "broker_namespace": ns, "log_json": False, "log_level": "WARNING",
-                       "retry_delays_ms": [200, 500], **overrides})
+                       "retry_delays_ms": [200, 500], "db_pool_size": 3, "db_max_overflow": 2, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -93,9 +110,9 @@ class AuditUnderTest:
 
 
 @pytest.fixture(scope="module")
-async def audit(test_settings: KitSettings, keys: tuple[TestSigner, JwksServer]) -> AsyncIterator[AuditUnderTest]:
+async def audit(audit_db: KitSettings, keys: tuple[TestSigner, JwksServer]) -> AsyncIterator[AuditUnderTest]:
     signer, server = keys
-    settings = audit_settings(test_settings, jwks_url=server.url)
+    settings = audit_settings(audit_db, jwks_url=server.url)
     app = create_app(settings)
     publisher = Publisher(settings)
     async with app.router.lifespan_context(app):

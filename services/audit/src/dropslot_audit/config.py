@@ -12,5 +12,3 @@ class Settings(KitSettings):
     audit_partitions_ahead: int = 2
     # How often partitions are created ahead and retention applied.
     audit_maintenance_interval_seconds: float = 86_400.0
-    # The trail consumer handles every event of the system; a deeper prefetch keeps it fed.
-    audit_prefetch: int = 256

@@ -8,14 +8,13 @@ from dropslot_kit.db import UnitOfWork
 from dropslot_kit.memberships import consume_memberships
 
 from . import service
-from .config import Settings
 
 
-def build_consumers(settings: Settings) -> EventConsumers:
+def build_consumers() -> EventConsumers:
     consumers = EventConsumers("audit")
     consume_memberships(consumers)
 
-    @consumers.on("#", name="trail", prefetch=settings.audit_prefetch)
+    @consumers.on("#", name="trail")
     async def on_any_event(env: Envelope, uow: UnitOfWork) -> None:
         await service.record(uow, env)
 

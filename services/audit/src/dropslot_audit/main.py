@@ -28,6 +28,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings,
         title="DropSlot audit",
         routers=[router],
-        consumers=build_consumers(settings),
+        consumers=build_consumers(),
         background=[("audit-partitions", partitions)],
     )
