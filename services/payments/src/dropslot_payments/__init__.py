@@ -36,8 +36,9 @@ How it stays correct
 - Provider calls never run inside a consumer's or request's transaction: they are rows in
   `payment_ops` (one pending per payment and kind), run by a worker in every replica (claimed
   with `FOR UPDATE SKIP LOCKED` and a lease, woken by LISTEN/NOTIFY), retried with backoff,
-  with idempotency keys from (reservation, operation): `:create`, `:capture`, `:cancel`,
-  `:refund:<refund id>`.
+  with idempotency keys from (reservation, operation): `<r>:create`, `<r>:capture:<op id>`,
+  `<r>:cancel:<op id>`, `<r>:refund:<refund id>` (an op's retries share its key; Stripe keeps
+  even a refusal under a key, so a later attempt in another state needs a new one).
 - Reconciliation (every `DROPSLOT_PAYMENTS_RECONCILE_INTERVAL_SECONDS`, 5 s) asks the provider
   about payments in a non-final state unchanged for `DROPSLOT_PAYMENTS_RECONCILE_STALE_SECONDS`
   (20 s), then with exponential backoff, through the same path as callbacks.

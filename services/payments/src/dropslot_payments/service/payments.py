@@ -47,8 +47,9 @@ RESERVATION_STATE_BY_EVENT = {
 
 
 def idempotency_key(reservation_id: uuid.UUID, operation: str) -> str:
-    """Provider idempotency keys come from (reservation, operation): one intent per
-    reservation, one capture, one cancel, and one key per refund we record."""
+    """Provider idempotency keys come from (reservation, operation): `<r>:create` (one intent
+    per reservation), `<r>:capture:<op>` / `<r>:cancel:<op>` (per queued call) and
+    `<r>:refund:<refund id>` (per refund we record)."""
     return f"{reservation_id}:{operation}"
 
 

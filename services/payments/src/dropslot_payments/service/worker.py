@@ -133,12 +133,14 @@ class OpsWorker:
                     p.amount_cents, p.currency, uc.idempotency_key(rid, "create"),
                     {"payment_id": str(p.id), "reservation_id": str(rid), "store_id": str(p.store_id)},
                 )
-            elif op.kind == "capture":
-                snap = await self._or_retrieve(provider, intent_id,
-                                               provider.capture(intent_id, uc.idempotency_key(rid, "capture")))
-            elif op.kind == "cancel":
-                snap = await self._or_retrieve(provider, intent_id,
-                                               provider.cancel(intent_id, uc.idempotency_key(rid, "cancel")))
+            elif op.kind in ("capture", "cancel"):
+                # One key per op: its retries (timeouts, crashes) replay safely, while a later op
+                # - after the intent refused the call in another state - is not answered with the
+                # stored refusal (Stripe keeps the result of a request that began executing).
+                # An intent is captured or canceled once at most, whatever the key.
+                key = uc.idempotency_key(rid, f"{op.kind}:{op.id}")
+                call = provider.capture(intent_id, key) if op.kind == "capture" else provider.cancel(intent_id, key)
+                snap = await self._or_retrieve(provider, intent_id, call)
             elif op.kind == "refund":
                 assert refund is not None
                 if refund.status == "pending":
