@@ -45,28 +45,46 @@ class OpsWorker:
         self.providers = providers
         self._wake = asyncio.Event()
         self._listener: asyncpg.Connection | None = None
+        self._listen_retry_at = 0.0
         self._sem = asyncio.Semaphore(max(1, settings.payments_ops_concurrency))
 
     async def run(self) -> None:
         try:
-            await self._listen()
             while True:
+                await self._ensure_listener()
                 self._wake.clear()
                 if await self.run_once():
                     continue
                 await self._idle()
         finally:
-            if self._listener is not None:
-                with contextlib.suppress(Exception):
-                    await self._listener.close()
-                self._listener = None
+            await self._drop_listener()
 
-    async def _listen(self) -> None:
-        self._listener = await asyncpg.connect(
-            self.settings.plain_service_dsn(),
-            server_settings={"search_path": "payments", "application_name": "dropslot-payments-ops"},
-        )
-        await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+    async def _ensure_listener(self) -> None:
+        """LISTEN/NOTIFY only wakes the worker early; without it the worker still polls. So a
+        missing connection (database restarting, no free slot) is retried now and then
+        instead of stopping the work."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        now = asyncio.get_running_loop().time()
+        if now < self._listen_retry_at:
+            return
+        self._listen_retry_at = now + 10.0
+        try:
+            self._listener = await asyncpg.connect(
+                self.settings.plain_service_dsn(), timeout=5,
+                server_settings={"search_path": "payments", "application_name": "dropslot-payments-ops"},
+            )
+            await self._listener.add_listener(NOTIFY_CHANNEL, lambda *_: self._wake.set())
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            log.warning("payments ops: no LISTEN connection (%r); polling every %.1fs", exc,
+                        self.settings.payments_ops_poll_seconds)
+            await self._drop_listener()
+
+    async def _drop_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+        self._listener = None
 
     async def _idle(self) -> None:
         async with self.db.engine.connect() as conn:
