@@ -311,7 +311,8 @@ async def list_store_drops(conn: AsyncConnection, store_id: uuid.UUID, *, status
     return await _all(conn, DROP_VIEW.format(extra="") + f"""
         WHERE d.store_id = :sid{flt}{_after(cursor, "d.created_at, d.id")}
         ORDER BY d.created_at, d.id LIMIT :limit""",
-        {"sid": store_id, "limit": limit, **_cursor_params(cursor), **({"statuses": list(statuses)} if flt else {})})
+        {"sid": store_id, "limit": limit, **_cursor_params(cursor),
+         **({"statuses": list(statuses or ())} if flt else {})})
 
 
 # --- public browsing ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fastapi import Request, Response
 
 from ..adapters.cache import PublicCache
 from ..config import Settings
+from ..metrics import PUBLIC_CACHE
 
 
 def dumps(data: Any) -> bytes:
@@ -50,8 +51,10 @@ async def public_json(request: Request, kind: str, produce: Callable[[], Awaitab
     key = cache.key_for(kind, f"{request.url.path}?{query}")
     hit = await cache.get(key)
     if hit is not None and hit.body is not None and hit.etag is not None:
+        PUBLIC_CACHE.labels(kind, "hit").inc()
         body, etag = hit.body, hit.etag
     else:
+        PUBLIC_CACHE.labels(kind, "miss" if hit is not None else "unavailable").inc()
         body = dumps(await produce())  # a Problem (404, 422) propagates and is not cached
         etag = etag_of(body)
         if hit is not None:

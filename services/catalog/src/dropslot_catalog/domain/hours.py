@@ -203,4 +203,5 @@ class OpeningHours(BaseModel):
         for e in self.exceptions:
             if e.date == day:
                 return list(e.intervals)
-        return list(self.weekly.get(WEEKDAYS[day.weekday()], []))
+        weekday: Any = WEEKDAYS[day.weekday()]
+        return list(self.weekly.get(weekday) or [])

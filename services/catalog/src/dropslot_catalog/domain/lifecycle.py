@@ -23,6 +23,7 @@ under the announced terms) are accepted; everything else is refused naming the f
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -145,7 +146,7 @@ def check_drop_change(current: DropState, changes: dict[str, Any]) -> None:
         raise ChangeRefused(refused, status)
 
 
-def check_product_change(changes: dict[str, Any], current: dict[str, Any], live_drop_ids: list[Any]) -> None:
+def check_product_change(changes: Mapping[str, Any], current: Mapping[str, Any], live_drop_ids: list[Any]) -> None:
     """Price and currency are fixed while one of the product's drops is LIVE."""
     if not live_drop_ids:
         return

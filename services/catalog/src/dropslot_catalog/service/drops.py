@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from dropslot_contracts import ReservationRule
@@ -19,6 +20,7 @@ from ..api.schemas import DropCreate, DropUpdate
 from ..domain import lifecycle
 from ..domain.lifecycle import DropState, DropStatus
 from ..errors import ProductInactive, ValidationFailed
+from ..metrics import DROP_TRANSITIONS
 from .common import locate, reading, store_scope, writing
 
 Cursor = tuple[Any, uuid.UUID] | None
@@ -78,8 +80,8 @@ async def update_drop(rt: ServiceRuntime, principal: Principal, store_id: uuid.U
         lifecycle.check_drop_change(
             DropState(status, current["product_id"], current["starts_at"], current["ends_at"], old_rule), changes
         )
-        starts = changes.get("starts_at", current["starts_at"])
-        ends = changes.get("ends_at", current["ends_at"])
+        starts: datetime = changes["starts_at"] if "starts_at" in changes else current["starts_at"]
+        ends: datetime = changes["ends_at"] if "ends_at" in changes else current["ends_at"]
         rule: ReservationRule = changes.get("reservation_rule", old_rule)
         if starts >= ends:
             field = "ends_at" if "ends_at" in changes else "starts_at"
@@ -129,6 +131,7 @@ async def publish_drop(rt: ServiceRuntime, principal: Principal, drop_id: uuid.U
         _emit(uow, DropPublished(drop=snapshot), row, before=before)
         if published.status is DropStatus.LIVE:
             _emit(uow, DropLive(drop=snapshot), row, before=before)
+    DROP_TRANSITIONS.labels(published.status.value, "owner").inc()
     return views.drop_view(row)
 
 
@@ -146,6 +149,7 @@ async def cancel_drop(rt: ServiceRuntime, principal: Principal, drop_id: uuid.UU
                                {"status": target.value, "cancelled_at": now, "cancel_reason": reason})
         row = await _view(uow, store_id, drop_id)
         _emit(uow, DropCancelled(drop=views.drop_snapshot(row), reason=reason), row, before=before)
+    DROP_TRANSITIONS.labels(target.value, "owner").inc()
     return views.drop_view(row)
 
 

@@ -18,6 +18,7 @@ from dropslot_kit.app import ServiceRuntime
 from .. import views
 from ..adapters import repo
 from ..config import Settings
+from ..metrics import DROP_TRANSITIONS
 from .common import cache
 
 log = logging.getLogger("dropslot.catalog.scheduler")
@@ -43,6 +44,7 @@ async def run_pass(rt: ServiceRuntime) -> int:
             uow.emit(event(drop=views.drop_snapshot(row)), store_id=row["store_id"], tenant_key=row["tenant_key"],
                      before=before, after=after)
         moved += 1
+        DROP_TRANSITIONS.labels(d["target"], "clock").inc()
         log.info("drop %s is %s", d["id"], d["target"])
     if moved:
         await cache(rt).invalidate()
