@@ -35,9 +35,15 @@ def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
 
 
+# Months whose partition this process has seen, per database: the hot path then inserts
+# without a savepoint or a catalog lookup. Retention elsewhere may drop a month that is still
+# listed here; the insert then fails, the entry is forgotten, and the kit's retry creates it.
+_known_months: dict[str, set[Month]] = {}
+
+
 async def insert_entry(conn: AsyncConnection, entry: AuditEntry) -> None:
     """Append one entry. An event for a month without a partition (a replay from long ago, a
-    clock far ahead) creates that month's partition here, in this transaction, and retries."""
+    clock far ahead) creates that month's partition first, in this transaction."""
     params = {
         "event_id": entry.event_id, "actor_user_id": entry.actor_user_id, "action": entry.action,
         "entity": entry.entity, "entity_id": entry.entity_id, "store_id": entry.store_id,
@@ -45,15 +51,17 @@ async def insert_entry(conn: AsyncConnection, entry: AuditEntry) -> None:
         "data": _json(entry.data), "ip": entry.ip, "ua": entry.ua, "producer": entry.producer,
         "correlation_id": entry.correlation_id, "created_at": entry.created_at,
     }
+    month = Month.of(entry.created_at)
+    known = _known_months.setdefault(conn.engine.url.render_as_string(), set())
+    if month not in known:
+        await create_partition(conn, month)
+        known.add(month)
     try:
-        async with conn.begin_nested():
-            await conn.execute(_INSERT, params)
-        return
+        await conn.execute(_INSERT, params)
     except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) != NO_PARTITION_SQLSTATE or "partition" not in str(exc.orig):
-            raise
-    await create_partition(conn, Month.of(entry.created_at))
-    await conn.execute(_INSERT, params)
+        if getattr(exc.orig, "sqlstate", None) == NO_PARTITION_SQLSTATE and "partition" in str(exc.orig):
+            known.discard(month)
+        raise
 
 
 # --- reading -----------------------------------------------------------------------------------
