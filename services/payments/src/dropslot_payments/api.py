@@ -85,11 +85,11 @@ class RefundOut(BaseModel):
 
 
 def _rt(request: Request) -> ServiceRuntime:
-    return request.app.state.rt  # type: ignore[no-any-return]
+    return request.app.state.rt
 
 
 def _providers(request: Request) -> dict[str, PaymentProvider]:
-    return _rt(request).extras["providers"]  # type: ignore[no-any-return]
+    return _rt(request).extras["providers"]
 
 
 def _out(p: PaymentRow, *, owner: bool) -> PaymentOut:
@@ -190,7 +190,7 @@ async def sandbox_confirm(
             f"the payment is {p.status.value} and its reservation {p.reservation_state.value.lower()}",
             payment_status=p.status.value,
         )
-    settings: Settings = _rt(request).settings  # type: ignore[assignment]
+    settings: Settings = _rt(request).settings
     authenticate_url = f"{settings.public_base_url.rstrip('/')}/api/v1/payments/{p.id}/sandbox/authenticate"
     try:
         intent = await sandbox.confirm(p.provider_intent_id, body.card_number, authenticate_url=authenticate_url)
@@ -235,7 +235,7 @@ async def refund_payment(
     db = _rt(request).db
     assert db is not None
     async with db.uow() as uow:
-        refund, p = await uc.request_refund(uow, principal, payment_id, (body or RefundIn()).amount_cents)
+        refund, p = await uc.request_refund(uow, principal, payment_id, body.amount_cents if body else None)
     return RefundOut(id=refund.id, payment_id=p.id, amount_cents=refund.amount_cents, currency=p.currency,
                      status=refund.status, reason=refund.reason, created_at=refund.created_at)
 

@@ -118,7 +118,7 @@ async def get(conn: AsyncConnection, payment_id: uuid.UUID) -> PaymentRow | None
 
 
 async def find_by_intent(conn: AsyncConnection, provider: str, intent_id: str) -> uuid.UUID | None:
-    return (await conn.execute(text(  # type: ignore[no-any-return]
+    return (await conn.execute(text(
         "SELECT id FROM payments WHERE provider = :p AND provider_intent_id = :i"),
         {"p": provider, "i": intent_id})).scalar()
 
@@ -305,7 +305,7 @@ async def retry_op(conn: AsyncConnection, op_id: int, delay_seconds: float, erro
 
 
 async def next_op_due(conn: AsyncConnection) -> datetime | None:
-    return (await conn.execute(text(  # type: ignore[no-any-return]
+    return (await conn.execute(text(
         "SELECT min(GREATEST(due_at, COALESCE(locked_until, due_at))) FROM payment_ops WHERE status = 'pending'"
     ))).scalar()
 

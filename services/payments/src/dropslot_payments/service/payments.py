@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from datetime import datetime
+from typing import Any
 
 from dropslot_contracts import Envelope
 from dropslot_contracts.events.booking import HoldExpiring, RefundRequested, ReservationCancelled, ReservationEvent
@@ -54,7 +55,7 @@ def idempotency_key(reservation_id: uuid.UUID, operation: str) -> str:
 
 
 # --- events ------------------------------------------------------------------------------------
-def _payload(p: PaymentRow, status: Status) -> dict[str, object]:
+def _payload(p: PaymentRow, status: Status) -> dict[str, Any]:
     return dict(
         payment_id=p.id, store_id=p.store_id, reservation_id=p.reservation_id, user_id=p.user_id,
         provider=p.provider, status=status.value, amount_cents=p.amount_cents, currency=p.currency,
@@ -73,9 +74,9 @@ async def _announce_status(uow: UnitOfWork, p: PaymentRow, old: Status, cause: s
     `status_changed` for every change, `created` for the first one."""
     await repo.record_transition(uow.conn, p.id, old, p.status, cause)
     if old == Status.CREATING:
-        _emit(uow, p, PaymentCreated(**_payload(p, p.status)), None)  # type: ignore[arg-type]
+        _emit(uow, p, PaymentCreated(**_payload(p, p.status)), None)
     else:
-        _emit(uow, p, PaymentStatusChanged(**_payload(p, p.status), previous_status=old.value),  # type: ignore[arg-type]
+        _emit(uow, p, PaymentStatusChanged(**_payload(p, p.status), previous_status=old.value),
               old)
 
 
@@ -101,7 +102,7 @@ async def apply_snapshot(
             await repo.update(uow.conn, p.id, status=Status.FAILED, failure_reason="amount_mismatch")
             p.status, p.failure_reason = Status.FAILED, "amount_mismatch"
             await _announce_status(uow, p, old, cause)
-            _emit(uow, p, PaymentFailed(**_payload(p, Status.FAILED), reason="amount_mismatch"),  # type: ignore[arg-type]
+            _emit(uow, p, PaymentFailed(**_payload(p, Status.FAILED), reason="amount_mismatch"),
                   old)
         return p
 
@@ -130,15 +131,15 @@ async def apply_snapshot(
         base = _payload(p, out.status)
         match m:
             case Milestone.AUTHORIZED:
-                _emit(uow, p, PaymentAuthorized(**base), old_status)  # type: ignore[arg-type]
+                _emit(uow, p, PaymentAuthorized(**base), old_status)
             case Milestone.SUCCEEDED:
-                _emit(uow, p, PaymentSucceeded(**base), old_status)  # type: ignore[arg-type]
+                _emit(uow, p, PaymentSucceeded(**base), old_status)
             case Milestone.FAILED:
-                _emit(uow, p, PaymentFailed(**base, reason=out.failure_reason or "failed"), old_status)  # type: ignore[arg-type]
+                _emit(uow, p, PaymentFailed(**base, reason=out.failure_reason or "failed"), old_status)
             case Milestone.CANCELED:
-                _emit(uow, p, PaymentCanceled(**base, reason=_cancel_reason(p)), old_status)  # type: ignore[arg-type]
+                _emit(uow, p, PaymentCanceled(**base, reason=_cancel_reason(p)), old_status)
             case Milestone.REFUNDED:
-                _emit(uow, p, PaymentRefunded(  # type: ignore[arg-type]
+                _emit(uow, p, PaymentRefunded(
                     **base, refunded_cents=out.refunded_delta,
                     refund_id=refund.id if refund else None, reason=refund.reason if refund else None,
                 ), old_status)
@@ -185,7 +186,7 @@ async def decide(uow: UnitOfWork, p: PaymentRow, cause: str) -> None:
             await repo.record_transition(uow.conn, p.id, p.status, Status.CANCELED, cause)
             await repo.update(uow.conn, p.id, status=Status.CANCELED)
             p.status = Status.CANCELED
-            _emit(uow, p, PaymentCanceled(**_payload(p, Status.CANCELED), reason=_cancel_reason(p)),  # type: ignore[arg-type]
+            _emit(uow, p, PaymentCanceled(**_payload(p, Status.CANCELED), reason=_cancel_reason(p)),
                   Status.CREATING)
 
 
@@ -198,7 +199,7 @@ async def fail_without_intent(uow: UnitOfWork, p: PaymentRow, reason: str, cause
     await repo.update(uow.conn, p.id, status=Status.FAILED, failure_reason=reason)
     p.status, p.failure_reason = Status.FAILED, reason
     await _announce_status(uow, p, old, cause)
-    _emit(uow, p, PaymentFailed(**_payload(p, Status.FAILED), reason=reason), old)  # type: ignore[arg-type]
+    _emit(uow, p, PaymentFailed(**_payload(p, Status.FAILED), reason=reason), old)
 
 
 # --- booking events --------------------------------------------------------------------------------

@@ -198,7 +198,7 @@ class OpsWorker:
     async def _or_retrieve(self, provider: PaymentProvider, intent_id: str, call: Any) -> IntentSnapshot:
         """A call the intent's state does not allow is not retried: re-fetch and decide again."""
         try:
-            return await call  # type: ignore[no-any-return]
+            return await call
         except ProviderStateError as exc:
             log.info("provider refused on %s (%s); re-fetching the intent", intent_id, exc)
             return await provider.retrieve(intent_id)

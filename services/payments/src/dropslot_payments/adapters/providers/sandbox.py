@@ -372,7 +372,7 @@ class SandboxProvider:
         if row.operation != operation or _json(row.request) != request:
             # Stripe: "Keys for idempotent requests can only be used with the same parameters".
             raise ProviderRejected(f"idempotency key {key!r} was used for another request", code="idempotency_error")
-        return _json(row.response)  # type: ignore[no-any-return]
+        return _json(row.response)
 
     async def _remember(self, conn: AsyncConnection, key: str, response: dict[str, Any]) -> None:
         await conn.execute(text("UPDATE sandbox_idempotency SET response = CAST(:r AS jsonb) WHERE key = :k"),
