@@ -218,8 +218,9 @@ def intent_id_of(payment: dict[str, Any]) -> str:
     return str(payment["client_secret"]).split("_secret_")[0]
 
 
-@pytest.fixture(scope="module")
-async def pay(infra: Infra) -> AsyncIterator[Harness]:
+@contextlib.asynccontextmanager
+async def running_payments(infra: Infra, port: int | None = None, **overrides: Any) -> AsyncIterator[Harness]:
+    """The payments app in this process, on its own database and broker namespace."""
     suffix = uuid.uuid4().hex[:10]
     kit = settings_for(infra, f"dropslot_pay_{suffix}", f"pay{suffix}", service="payments")
     await bootstrap(kit)
@@ -237,22 +238,14 @@ async def pay(infra: Infra) -> AsyncIterator[Harness]:
     jwks_port = free_port()
     await web.TCPSite(jwks_runner, "127.0.0.1", jwks_port).start()
 
-    port = free_port()
+    port = port or free_port()
     base = {k: v for k, v in kit.model_dump().items() if k in Settings.model_fields and k != "service"}
     settings = Settings(**{**base, **dict(
         jwks_url=f"http://127.0.0.1:{jwks_port}/jwks.json",
         public_base_url=f"http://127.0.0.1:{port}",
         log_json=False, log_level="WARNING",
         retry_delays_ms=[200, 500, 1000],
-        payments_sandbox_callback_delay_seconds=0.05,
-        payments_sandbox_duplicate_rate=1.0,
-        payments_sandbox_shuffle=True,
-        payments_sandbox_shuffle_window_seconds=0.3,
-        payments_sandbox_processing_seconds=0.2,
-        payments_sandbox_slow_processing_seconds=4.0,
-        payments_reconcile_stale_seconds=4.0,
-        payments_reconcile_interval_seconds=0.5,
-    )})
+    ), **overrides})
     app = create_app(settings)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve())
@@ -275,12 +268,12 @@ async def pay(infra: Infra) -> AsyncIterator[Harness]:
             harness.events.append(Envelope.model_validate_json(message.body))
 
     await probe.consume(collect)
-    # Ready once the consumers are attached (the app declares its queues at start-up).
-    async def ready() -> bool:
+
+    async def ready() -> bool:  # the consumers are attached (queues declared at start-up)
         return (await client.get("/ready")).status_code == 200
 
-    await eventually(ready, timeout=30, what="payments ready")
     try:
+        await eventually(ready, timeout=30, what="payments ready")
         yield harness
     finally:
         await client.aclose()
@@ -292,3 +285,20 @@ async def pay(infra: Infra) -> AsyncIterator[Harness]:
         await engine.dispose()
         await jwks_runner.cleanup()
         await asyncio.to_thread(drop_test_resources, kit)
+
+
+@pytest.fixture(scope="module")
+async def pay(infra: Infra) -> AsyncIterator[Harness]:
+    """Sandbox chaos on: every callback twice, shuffled; short processing and reconciliation."""
+    async with running_payments(
+        infra,
+        payments_sandbox_callback_delay_seconds=0.05,
+        payments_sandbox_duplicate_rate=1.0,
+        payments_sandbox_shuffle=True,
+        payments_sandbox_shuffle_window_seconds=0.3,
+        payments_sandbox_processing_seconds=0.2,
+        payments_sandbox_slow_processing_seconds=4.0,
+        payments_reconcile_stale_seconds=4.0,
+        payments_reconcile_interval_seconds=0.5,
+    ) as harness:
+        yield harness

@@ -5,14 +5,21 @@ Implements: POST /v1/payment_intents, GET /v1/payment_intents/{id} (with expand[
 POST /v1/payment_intents/{id}/capture, /cancel, POST /v1/refunds, honouring Idempotency-Key as
 Stripe does (same key -> the stored response). Test controls: `authorize(id)` plays the
 customer confirming a card, `fail_next(n)` answers the next n requests with a 500.
+With `webhook_url` set, it also sends events the way Stripe does: asynchronously, signed
+`Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import json
 import secrets
 import time
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 
@@ -32,8 +39,17 @@ def _nested(form: Any) -> dict[str, Any]:
     return out
 
 
+def stripe_signature(secret: str, body: bytes, timestamp: int | None = None) -> str:
+    t = int(time.time()) if timestamp is None else timestamp
+    return f"t={t},v1={hmac.new(secret.encode(), f'{t}.'.encode() + body, hashlib.sha256).hexdigest()}"
+
+
 class FakeStripe:
-    def __init__(self) -> None:
+    def __init__(self, webhook_url: str | None = None, webhook_secret: str | None = None) -> None:
+        self.webhook_url = webhook_url
+        self.webhook_secret = webhook_secret
+        self.sent: list[tuple[bytes, str, int]] = []  # body, signature header, receiver's status
+        self._tasks: set[asyncio.Task[None]] = set()
         self.intents: dict[str, dict[str, Any]] = {}
         self.charges: dict[str, dict[str, Any]] = {}
         self.idempotent: dict[str, tuple[int, dict[str, Any]]] = {}
@@ -49,6 +65,25 @@ class FakeStripe:
 
     def fail_next(self, n: int) -> None:
         self._fail = n
+
+    def _emit(self, event_type: str, obj: dict[str, Any]) -> None:
+        if not self.webhook_url or not self.webhook_secret:
+            return
+        payload = {"id": f"evt_{secrets.token_hex(12)}", "object": "event", "type": event_type,
+                   "api_version": "2024-06-20", "created": int(time.time()), "livemode": False,
+                   "data": {"object": obj}}
+        body = json.dumps(payload).encode()
+        task = asyncio.get_running_loop().create_task(self._post(body, stripe_signature(self.webhook_secret, body)))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _post(self, body: bytes, header: str) -> None:
+        await asyncio.sleep(0.05)
+        assert self.webhook_url is not None
+        async with aiohttp.ClientSession() as session, session.post(
+                self.webhook_url, data=body,
+                headers={"Content-Type": "application/json", "Stripe-Signature": header}) as resp:
+            self.sent.append((body, header, resp.status))
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -104,6 +139,7 @@ class FakeStripe:
         self.charges[charge_id] = {"id": charge_id, "object": "charge", "payment_intent": pid, "amount": pi["amount"],
                                    "amount_captured": 0, "amount_refunded": 0}
         pi.update(status="requires_capture", amount_capturable=pi["amount"], latest_charge=charge_id)
+        self._emit("payment_intent.amount_capturable_updated", dict(pi))
 
     async def capture(self, request: web.Request) -> web.Response:
         pi = self.intents[request.match_info["id"]]
@@ -112,6 +148,7 @@ class FakeStripe:
                                f"This PaymentIntent could not be captured because it has a status of {pi['status']}.")
         pi.update(status="succeeded", amount_received=pi["amount"], amount_capturable=0)
         self.charges[pi["latest_charge"]]["amount_captured"] = pi["amount"]
+        self._emit("payment_intent.succeeded", dict(pi))
         return web.json_response(self._view(pi, _nested(await request.post()).get("expand", [])))
 
     async def cancel(self, request: web.Request) -> web.Response:
@@ -121,6 +158,7 @@ class FakeStripe:
                                f"You cannot cancel this PaymentIntent because it has a status of {pi['status']}.")
         p = _nested(await request.post())
         pi.update(status="canceled", cancellation_reason=p.get("cancellation_reason"), amount_capturable=0)
+        self._emit("payment_intent.canceled", dict(pi))
         return web.json_response(pi)
 
     async def refund(self, request: web.Request) -> web.Response:
@@ -135,5 +173,6 @@ class FakeStripe:
             return self._error(400, "invalid_request_error", "amount_too_large",
                                f"Refund amount ({amount}) is greater than unrefunded amount on charge ({remaining})")
         charge["amount_refunded"] += amount
+        self._emit("charge.refunded", dict(charge))
         return web.json_response({"id": f"re_{secrets.token_hex(8)}", "object": "refund", "amount": amount,
                                   "payment_intent": pi["id"], "status": "succeeded"})
