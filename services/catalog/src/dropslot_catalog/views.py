@@ -12,7 +12,6 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from dropslot_contracts import ReservationRule
@@ -187,7 +186,3 @@ def page(items: list[dict[str, Any]], rows: list[Row], limit: int, key: str) -> 
     more = len(rows) > limit
     next_cursor = encode_cursor(rows[limit - 1][key], rows[limit - 1]["id"]) if more else None
     return {"items": items[:limit], "next_cursor": next_cursor}
-
-
-def to_decimal(value: float) -> Decimal:
-    return Decimal(str(value))

@@ -12,7 +12,6 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import text
@@ -135,7 +134,7 @@ async def insert_branch(conn: AsyncConnection, *, id: uuid.UUID, store_id: uuid.
         VALUES (:id, :sid, :tk, :name, :address, :lat, :lng, :phone, CAST(:hours AS jsonb))
         RETURNING {BRANCH_COLS}""",
         {"id": id, "sid": store_id, "tk": tenant_key, "name": fields["name"], "address": fields["address"],
-         "lat": Decimal(str(fields["lat"])), "lng": Decimal(str(fields["lng"])), "phone": fields.get("phone"),
+         "lat": float(fields["lat"]), "lng": float(fields["lng"]), "phone": fields.get("phone"),
          "hours": _jsonb(fields.get("opening_hours") or {})})
     assert row is not None
     return row
@@ -157,7 +156,7 @@ async def list_branches(conn: AsyncConnection, store_id: uuid.UUID, *, cursor: t
 
 async def update_branch(conn: AsyncConnection, store_id: uuid.UUID, branch_id: uuid.UUID,
                         fields: Mapping[str, Any]) -> Row | None:
-    fields = {k: (Decimal(str(v)) if k in ("lat", "lng") else v) for k, v in fields.items()}
+    fields = {k: (float(v) if k in ("lat", "lng") else v) for k, v in fields.items()}
     sets, params = _set_clause(fields, ("name", "address", "lat", "lng", "phone", "opening_hours"),
                                jsonb=("opening_hours",))
     return await _one(conn, f"UPDATE branches SET {sets} WHERE id = :id AND store_id = :sid RETURNING {BRANCH_COLS}",
@@ -235,7 +234,7 @@ DROP_COLS = ("id, store_id, tenant_key, product_id, name, starts_at, ends_at, op
              "published_at, live_at, ended_at, cancelled_at, cancel_reason, created_at, updated_at")
 
 # A drop with its store, product and branches: what API answers and event snapshots carry.
-DROP_VIEW = """
+DROP_VIEW_TEMPLATE = """
 SELECT d.id, d.store_id, d.tenant_key, d.product_id, d.name, d.status, d.starts_at, d.ends_at, d.opens_at,
        d.reservation_rule, d.published_at, d.live_at, d.ended_at, d.cancelled_at, d.cancel_reason,
        d.created_at, d.updated_at,
@@ -243,7 +242,7 @@ SELECT d.id, d.store_id, d.tenant_key, d.product_id, d.name, d.status, d.starts_
        p.name AS product_name, p.sku AS product_sku, p.description AS product_description,
        p.images AS product_images, p.price_cents, p.currency, p.is_active AS product_is_active,
        COALESCE(br.items, '[]'::json) AS branches{extra}
-FROM drops d
+FROM {source}
 JOIN stores s ON s.id = d.store_id
 JOIN products p ON p.id = d.product_id
 LEFT JOIN LATERAL (
@@ -253,6 +252,7 @@ LEFT JOIN LATERAL (
     FROM branches b WHERE b.store_id = d.store_id
 ) br ON true
 """
+DROP_VIEW = DROP_VIEW_TEMPLATE.format(extra="", source="drops d")
 
 
 async def insert_drop(conn: AsyncConnection, *, id: uuid.UUID, store_id: uuid.UUID, tenant_key: str,
@@ -287,7 +287,7 @@ async def update_drop(conn: AsyncConnection, store_id: uuid.UUID, drop_id: uuid.
 async def drop_views(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> list[Row]:
     if not ids:
         return []
-    return await _all(conn, DROP_VIEW.format(extra="") + " WHERE d.id = ANY(:ids) ORDER BY d.starts_at, d.id",
+    return await _all(conn, DROP_VIEW + " WHERE d.id = ANY(:ids) ORDER BY d.starts_at, d.id",
                       {"ids": list(ids)})
 
 
@@ -302,13 +302,13 @@ async def drop_view(conn: AsyncConnection, drop_id: uuid.UUID, *, store_id: uuid
         # Redundant with row-level security when no tenant is set; explicit so a caller
         # with a tenant set still gets the public answer only.
         where += " AND d.status <> 'DRAFT'"
-    return await _one(conn, DROP_VIEW.format(extra="") + where, params)
+    return await _one(conn, DROP_VIEW + where, params)
 
 
 async def list_store_drops(conn: AsyncConnection, store_id: uuid.UUID, *, statuses: Sequence[str] | None,
                            cursor: tuple[datetime, uuid.UUID] | None, limit: int) -> list[Row]:
     flt = " AND d.status = ANY(:statuses)" if statuses else ""
-    return await _all(conn, DROP_VIEW.format(extra="") + f"""
+    return await _all(conn, DROP_VIEW + f"""
         WHERE d.store_id = :sid{flt}{_after(cursor, "d.created_at, d.id")}
         ORDER BY d.created_at, d.id LIMIT :limit""",
         {"sid": store_id, "limit": limit, **_cursor_params(cursor),
@@ -320,9 +320,9 @@ def _distance(alias: str) -> str:
     """Great-circle distance (km) from (:near_lat, :near_lng) to a branch."""
     return (
         f"(6371.0088 * 2 * asin(least(1.0, sqrt("
-        f"power(sin(radians({alias}.lat::float8 - :near_lat) / 2), 2) + "
-        f"cos(radians(:near_lat)) * cos(radians({alias}.lat::float8)) * "
-        f"power(sin(radians({alias}.lng::float8 - :near_lng) / 2), 2)))))"
+        f"power(sin(radians({alias}.lat - :near_lat) / 2), 2) + "
+        f"cos(radians(:near_lat)) * cos(radians({alias}.lat)) * "
+        f"power(sin(radians({alias}.lng - :near_lng) / 2), 2)))))"
     )
 
 
@@ -336,15 +336,20 @@ PUBLIC_STATUS_SQL = {
 
 def public_drops_sql(*, statuses: frozenset[str], store: bool, window_from: bool, window_to: bool,
                      near: BoundingBox | None, cursor: bool) -> str:
-    extra = ""
-    where = ["WHERE " + PUBLIC_STATUS_SQL[statuses]]
+    """One page of public drops: the page's ids are chosen first (filters, order, limit,
+    served by the partial indexes), and only those rows are joined to their product,
+    store and branches."""
+    where = [PUBLIC_STATUS_SQL[statuses]]
     if store:
         where.append("d.store_id = :store_id")
     if window_from:
         where.append("d.ends_at > :window_from")
     if window_to:
         where.append("d.starts_at < :window_to")
+    extra = ""
     if near is not None:
+        # Float comparisons are LEAKPROOF, so the box is an index condition even under
+        # row-level security; the exact distance is checked on what the box lets through.
         box = "nb.lat BETWEEN :lat_min AND :lat_max"
         if near.lng_min is not None:
             box += " AND nb.lng BETWEEN :lng_min AND :lng_max"
@@ -354,7 +359,9 @@ def public_drops_sql(*, statuses: frozenset[str], store: bool, window_from: bool
                  "WHERE nd.store_id = d.store_id) AS distance_km")
     if cursor:
         where.append("(d.starts_at, d.id) > (:c_key, :c_id)")
-    return DROP_VIEW.format(extra=extra) + " AND ".join(where) + " ORDER BY d.starts_at, d.id LIMIT :limit"
+    page = (f"(SELECT d.id FROM drops d WHERE {' AND '.join(where)} "
+            "ORDER BY d.starts_at, d.id LIMIT :limit) page JOIN drops d ON d.id = page.id")
+    return DROP_VIEW_TEMPLATE.format(extra=extra, source=page) + " ORDER BY d.starts_at, d.id"
 
 
 async def public_drops(conn: AsyncConnection, *, statuses: frozenset[str], store_id: uuid.UUID | None,
@@ -372,10 +379,9 @@ async def public_drops(conn: AsyncConnection, *, statuses: frozenset[str], store
         params["window_to"] = window_to
     if near is not None:
         lat, lng, radius, box = near
-        params.update(near_lat=lat, near_lng=lng, radius_km=radius,
-                      lat_min=Decimal(f"{box.lat_min:.6f}"), lat_max=Decimal(f"{box.lat_max:.6f}"))
+        params.update(near_lat=lat, near_lng=lng, radius_km=radius, lat_min=box.lat_min, lat_max=box.lat_max)
         if box.lng_min is not None and box.lng_max is not None:
-            params.update(lng_min=Decimal(f"{box.lng_min:.6f}"), lng_max=Decimal(f"{box.lng_max:.6f}"))
+            params.update(lng_min=box.lng_min, lng_max=box.lng_max)
     return await _all(conn, sql, params)
 
 
