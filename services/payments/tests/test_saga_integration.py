@@ -383,3 +383,25 @@ async def test_cancel_before_payment_cancels_the_intent(pay: Harness, reason: st
     canceled = await pay.wait_event("payments.payment.canceled", p["id"])
     assert canceled.data["reason"] == "reservation_cancelled"
     assert pay.emitted("payments.payment.refunded", p["id"]) == []
+
+
+async def test_housekeeping_forgets_finished_work_only(pay: Harness) -> None:
+    from dropslot_payments.adapters.repository import forget_old
+
+    r = await pay.reserve()
+    p = await pay.payment_of(r)
+    await pay.quiet(p)
+    pid = uuid.UUID(p["id"])
+    async with pay.engine.begin() as conn:
+        from sqlalchemy import text
+
+        await conn.execute(text("SELECT set_config('dropslot.tenant', '*', true)"))
+        await conn.execute(text(
+            "INSERT INTO payment_ops (payment_id, kind, dedup_key, status, due_at, updated_at) VALUES"
+            " (:p, 'sync', 'old-done', 'done', now() - interval '8 days', now() - interval '8 days'),"
+            " (:p, 'sync', 'old-pending', 'pending', now() + interval '1 hour', now() - interval '8 days')"), {"p": pid})
+        await forget_old(conn)
+    left = await pay.query("SELECT dedup_key FROM payment_ops WHERE payment_id = :p AND dedup_key LIKE 'old-%'", p=pid)
+    assert [row.dedup_key for row in left] == ["old-pending"]
+    recent = await pay.query("SELECT count(*) AS n FROM payment_ops WHERE payment_id = :p AND status = 'done'", p=pid)
+    assert recent[0].n > 0  # this week's finished ops are kept

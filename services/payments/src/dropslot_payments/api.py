@@ -14,6 +14,7 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from . import metrics
 from .adapters import repository as repo
 from .adapters.providers.base import InvalidCallback, PaymentProvider
 from .adapters.providers.sandbox import SandboxProvider
@@ -251,6 +252,7 @@ async def provider_webhook(request: Request, provider: str) -> JSONResponse:
     try:
         event = adapter.verify_and_parse_callback(request.headers, raw)
     except InvalidCallback as exc:
+        metrics.CALLBACKS.labels(provider, "invalid_signature").inc()
         raise InvalidSignature(str(exc)) from None
     db = _rt(request).db
     assert db is not None
@@ -259,4 +261,5 @@ async def provider_webhook(request: Request, provider: str) -> JSONResponse:
             uow, provider=provider, event_id=event.id, event_type=event.type, intent_id=event.intent_id,
             payload=event.payload, metadata=event.metadata,
         )
+    metrics.CALLBACKS.labels(provider, "new" if fresh else "duplicate").inc()
     return JSONResponse({"received": True, "duplicate": not fresh})

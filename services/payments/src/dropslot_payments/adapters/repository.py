@@ -343,3 +343,16 @@ async def claim_stale(
            FROM due WHERE p.id = due.id RETURNING p.id"""),
         {"stale": stale_seconds, "maxb": max_backoff_seconds, "n": limit})
     return [r.id for r in rows]
+
+
+# --- housekeeping --------------------------------------------------------------------------------
+async def forget_old(conn: AsyncConnection, batch: int = 5000) -> None:
+    await conn.execute(text(
+        "DELETE FROM payment_ops WHERE id IN (SELECT id FROM payment_ops WHERE status <> 'pending'"
+        " AND updated_at < now() - interval '7 days' LIMIT :n)"), {"n": batch})
+    await conn.execute(text(
+        "DELETE FROM sandbox_callbacks WHERE id IN (SELECT id FROM sandbox_callbacks WHERE (delivered_at IS NOT NULL"
+        " OR lost) AND due_at < now() - interval '7 days' LIMIT :n)"), {"n": batch})
+    await conn.execute(text(
+        "DELETE FROM provider_events WHERE (provider, event_id) IN (SELECT provider, event_id FROM provider_events"
+        " WHERE received_at < now() - interval '30 days' LIMIT :n)"), {"n": batch})

@@ -30,6 +30,7 @@ from dropslot_kit.db import UnitOfWork
 from dropslot_kit.errors import NotFound
 from dropslot_kit.memberships import OWNER, authorize_store
 
+from .. import metrics
 from ..adapters import repository as repo
 from ..adapters.repository import PaymentRow
 from ..domain import payment as dom
@@ -128,6 +129,7 @@ async def apply_snapshot(
         await _announce_status(uow, p, old_status, cause)
 
     for m in out.milestones:
+        metrics.MILESTONES.labels(p.provider, m.value).inc()
         base = _payload(p, out.status)
         match m:
             case Milestone.AUTHORIZED:

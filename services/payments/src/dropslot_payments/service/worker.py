@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import asyncpg
 from dropslot_kit.db import Database
 
+from .. import metrics
 from ..adapters import repository as repo
 from ..adapters.providers.base import (
     PaymentProvider,
@@ -136,6 +138,7 @@ class OpsWorker:
             await self._retry(op, f"provider {p.provider!r} is not configured here")
             return
         fetched_at = _now()
+        started = time.perf_counter()
         snap: IntentSnapshot | None = None
         refund_result: tuple[str, str | None, str | None] | None = None  # (status, provider id, error)
         rejected: ProviderRejected | None = None
@@ -172,10 +175,15 @@ class OpsWorker:
             else:  # sync
                 snap = await provider.retrieve(intent_id)
         except ProviderUnavailable as exc:
+            metrics.PROVIDER_CALLS.labels(p.provider, op.kind, "unavailable").inc()
             await self._retry(op, str(exc))
             return
         except ProviderRejected as exc:
+            metrics.PROVIDER_CALLS.labels(p.provider, op.kind, "rejected").inc()
             rejected = exc
+        else:
+            metrics.PROVIDER_CALLS.labels(p.provider, op.kind, "ok").inc()
+        metrics.PROVIDER_LATENCY.labels(p.provider, op.kind).observe(time.perf_counter() - started)
 
         async with self.db.uow() as uow:
             await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
@@ -200,6 +208,7 @@ class OpsWorker:
         try:
             return await call
         except ProviderStateError as exc:
+            metrics.PROVIDER_CALLS.labels(provider.name, "capture_or_cancel", "state_error").inc()
             log.info("provider refused on %s (%s); re-fetching the intent", intent_id, exc)
             return await provider.retrieve(intent_id)
 
@@ -232,8 +241,12 @@ class Reconciler:
         self.db = db
 
     async def run(self) -> None:
+        last_cleanup = 0.0
         while True:
             await self.run_once()
+            if time.monotonic() - last_cleanup > 3600:
+                await self.housekeeping()
+                last_cleanup = time.monotonic()
             await asyncio.sleep(self.settings.payments_reconcile_interval_seconds)
 
     async def run_once(self, *, stale_seconds: float | None = None) -> int:
@@ -253,5 +266,12 @@ class Reconciler:
                 else:
                     await repo.enqueue_op(uow.conn, p.id, "sync", cause="reconcile")
         if ids:
+            metrics.RECONCILED.labels("asked").inc(len(ids))
             log.info("reconciliation: asked the provider about %d payments", len(ids))
         return len(ids)
+
+    async def housekeeping(self) -> None:
+        """Forget what no longer matters: finished provider calls, delivered sandbox callbacks
+        (a week), provider events (30 days: providers retry a callback for ~3 days)."""
+        async with self.db.engine.begin() as conn:
+            await repo.forget_old(conn)
