@@ -118,26 +118,28 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
         ah = {"Authorization": f"Bearer {r.json()['access_token']}"}
         ids = {"owner": owner["id"], "customer": customer["id"], "store": store["id"], "product": product["id"],
                "drop": drop["id"], "slot": slot["id"], "reservation": rid, "payment": pay["id"]}
-        # (step, action, entity id, who acted: "owner" | "customer" | None = not a person's request)
+        # (step, action, entity id or None: any, who acted: "owner" | "customer" | None: not a person)
         expected = [
             ("owner signs up", "identity.user.registered", ids["owner"], "owner"),
-            ("owner signs in", "identity.session.created", ids["owner"], "owner"),
+            ("owner signs in", "identity.session.created", None, "owner"),  # entity: the new session
             ("store", "catalog.store.created", ids["store"], "owner"),
             ("product", "catalog.product.created", ids["product"], "owner"),
             ("drop", "catalog.drop.created", ids["drop"], "owner"),
             ("publish", "catalog.drop.published", ids["drop"], "owner"),
             ("slot", "booking.slot.created", ids["slot"], "owner"),
             ("customer signs up", "identity.user.registered", ids["customer"], "customer"),
-            ("customer signs in", "identity.session.created", ids["customer"], "customer"),
+            ("customer signs in", "identity.session.created", None, "customer"),
             ("reserve", "booking.reservation.created", rid, "customer"),
-            # payments acts on the customer's reservation: the actor travels with the events
-            ("intent", "payments.payment.created", ids["payment"], "customer"),
+            # payments creates the intent from its provider worker, outside any request: no person
+            ("intent", "payments.payment.created", ids["payment"], None),
             # the provider's signed callback, not a person, authorizes the payment
             ("authorized", "payments.payment.authorized", ids["payment"], None),
             ("confirmed", "booking.reservation.confirmed", rid, None),
             ("captured", "payments.payment.succeeded", ids["payment"], None),
             ("check-in", "booking.reservation.checked_in", rid, "owner"),
         ]
+
+        missing: list[str] = []
 
         async def complete() -> list[dict[str, Any]] | None:
             rows: dict[str, dict[str, Any]] = {}
@@ -146,18 +148,22 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
                 for row in await trail(as_owner, ah, **params):
                     rows[row["id"]] = row
             ordered = sorted(rows.values(), key=lambda x: (datetime.fromisoformat(x["created_at"]), x["id"]))
-            have = {(x["action"], x["entity_id"]) for x in ordered}
-            return ordered if all((a, e) in have for _, a, e, _ in expected) else None
+            missing[:] = [step for step, *want in expected if not [x for x in ordered if is_step(x, *want)]]
+            return None if missing else ordered
+
+        def is_step(row: dict[str, Any], action: str, entity_id: str | None, who: str | None) -> bool:
+            return row["action"] == action and (
+                row["entity_id"] == entity_id if entity_id else row["actor_user_id"] == ids.get(str(who)))
 
         try:
-            rows = await eventually(complete, timeout=60, what="every step of the flow in the trail")
+            # Polled gently: the gateway rate-limits a user to 600 requests a minute.
+            rows = await eventually(complete, timeout=60, interval=1.0, what="every step of the flow in the trail")
         except AssertionError:
-            got = [(x["action"], x["entity_id"]) for x in await trail(as_owner, ah, store_id=ids["store"])]
-            raise AssertionError(f"trail incomplete; the store's rows: {got}") from None
+            raise AssertionError(f"trail incomplete, missing: {missing}") from None
 
         positions = []
         for step, action, entity_id, who in expected:
-            matches = [i for i, x in enumerate(rows) if x["action"] == action and x["entity_id"] == entity_id]
+            matches = [i for i, x in enumerate(rows) if is_step(x, action, entity_id, who)]
             assert len(matches) == 1, f"{step}: {len(matches)} rows (one event, one row)"
             row = rows[matches[0]]
             positions.append(matches[0])
@@ -168,19 +174,26 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
                 assert row["ip"] == "127.0.0.1", (step, row)  # the test client, as the gateway saw it
             if action.startswith(("catalog.", "booking.", "payments.")):
                 assert row["store_id"] == ids["store"], (step, row)
-        assert positions == sorted(positions), [expected[i][0] for i in sorted(range(len(expected)),
-                                                                              key=lambda i: positions[i])]
+        # In the order things happened. The capture runs after the confirmation, concurrently with
+        # the check-in the test makes as soon as it sees CONFIRMED: only its place after the
+        # confirmation is fixed.
+        steps = [e[0] for e in expected]
+        at = dict(zip(steps, positions, strict=True))
+        sequence = [at[s] for s in steps if s != "captured"]
+        assert sequence == sorted(sequence), sorted(at, key=lambda s: at[s])
+        assert at["confirmed"] < at["captured"]
         # A change carries the before/after snapshots its producer put in the event.
-        published = rows[positions[5]]
+        published = rows[at["publish"]]
         assert published["before"]["status"] == "DRAFT" and published["after"]["status"] == "LIVE", published
         # No secret is copied into the trail: the check-in token and the client secret are redacted.
-        confirmed_row = rows[positions[12]]
+        confirmed_row = rows[at["confirmed"]]
         assert confirmed_row["data"]["reservation"].get("checkin_token") in (None, "[redacted]")
         assert res["checkin_token"] not in str(rows)
 
         # --- who may read it ----------------------------------------------------------------------
         owner_view = await trail(as_owner, oh, store_id=ids["store"])
-        assert {x["id"] for x in owner_view} == {x["id"] for x in rows if x["store_id"] == ids["store"]}
+        assert {x["id"] for x in owner_view} >= {x["id"] for x in rows if x["store_id"] == ids["store"]}
+        assert not [x for x in owner_view if x["action"].startswith("identity.user.")]  # sign-ups: admin only
         assert all(x["store_id"] == ids["store"] for x in await trail(as_owner, oh))
         r = await as_customer.get("/audit-logs", headers=ch)
         assert r.status_code == 403 and r.headers["content-type"] == "application/problem+json"
