@@ -61,11 +61,11 @@ class Mailbox:
         msg = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
         text = msg.get_body(preferencelist=("plain",))
         html = msg.get_body(preferencelist=("html",))
-        images = [
-            InlineImage(str(part["Content-ID"] or "").strip("<>"), part.get_payload(decode=True) or b"",
-                        part.get_content_subtype())
-            for part in msg.walk() if part.get_content_maintype() == "image"
-        ]
+        images = []
+        for part in msg.walk():
+            data = part.get_payload(decode=True) if part.get_content_maintype() == "image" else None
+            if isinstance(data, bytes):
+                images.append(InlineImage(str(part["Content-ID"] or "").strip("<>"), data, part.get_content_subtype()))
         html_text = html.get_content() if html is not None else None
         return {
             **_summary(message_id, msg),

@@ -60,7 +60,8 @@ def build_email(*, sender: str, to: str, message: Rendered, notification_id: uui
     if message.html is not None:
         msg.add_alternative(message.html, subtype="html")
         if message.images:
-            html_part = msg.get_payload()[-1]  # type: ignore[index]
+            html_part = msg.get_body(preferencelist=("html",))
+            assert isinstance(html_part, EmailMessage)
             for img in message.images:
                 html_part.add_related(img.data, maintype="image", subtype=img.subtype, cid=f"<{img.cid}>",
                                       filename=img.filename, disposition="inline")

@@ -16,7 +16,7 @@ from dropslot_kit.db import UnitOfWork
 
 from ..adapters import repository as repo
 from ..domain import messages as msgs
-from ..domain.model import TEMPLATES, Intent, Planner
+from ..domain.model import TEMPLATES, Intent, Planner, Preferences
 
 log = logging.getLogger("dropslot.notifications.handlers")
 
@@ -37,7 +37,7 @@ async def notify(uow: UnitOfWork, env: Envelope, intents: list[Intent], deps: Ha
     prefs = await repo.preferences_for(uow.conn, users)
     planned = []
     for intent in intents:
-        planned.extend(deps.planner.plan(intent, prefs.get(intent.user_id) or repo.Preferences()))
+        planned.extend(deps.planner.plan(intent, prefs.get(intent.user_id) or Preferences()))
     await repo.insert_notifications(uow.conn, planned, event_id=env.id, event_type=env.type)
     return len(planned)
 

@@ -18,12 +18,13 @@ import asyncio
 import contextlib
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import asyncpg
 from dropslot_contracts.events.notifications import NotificationFailed, NotificationSent
-from dropslot_kit.db import Database
+from dropslot_kit.db import Database, UnitOfWork
 from prometheus_client import Counter, Histogram
 
 from ..adapters import repository as repo
@@ -114,7 +115,7 @@ class Sender:
                 await self._record(uow, n, outcome)
         return len(claimed)
 
-    async def _guarded(self, n: repo.Claimed, contacts: dict) -> Outcome:
+    async def _guarded(self, n: repo.Claimed, contacts: dict[uuid.UUID, repo.Contact]) -> Outcome:
         async with self._sem:
             try:
                 return await self.deliver(n, contacts.get(n.user_id))
@@ -166,7 +167,7 @@ class Sender:
         delay = retry_delay(n.attempts, base=s.notifications_retry_base_seconds, cap=s.notifications_retry_max_seconds)
         return Outcome("retry", exc.reason, delay=delay)
 
-    async def _record(self, uow, n: repo.Claimed, o: Outcome) -> None:  # type: ignore[no-untyped-def]
+    async def _record(self, uow: UnitOfWork, n: repo.Claimed, o: Outcome) -> None:
         labels = (str(n.channel), n.template)
         if o.kind == "sent":
             if await repo.mark_sent(uow.conn, n, o.recipient, o.subject):
