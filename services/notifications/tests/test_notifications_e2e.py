@@ -19,6 +19,7 @@ import httpx
 import pytest
 from dropslot_contracts import Envelope
 from dropslot_contracts.events.booking import (
+    HoldExpiring,
     ReservationConfirmed,
     ReservationSnapshot,
     WaitlistEntry,
@@ -382,9 +383,9 @@ def berlin(dt: datetime) -> str:
     return f"{local:%a} {local.day} {local:%b %Y, %H:%M} {local.tzname()}"
 
 
-async def live_free_drop(api: httpx.AsyncClient, *, capacity: int) -> dict[str, Any]:
-    """A store with a Berlin branch, a free product, a drop that is LIVE now and one slot
-    starting in three hours (well before the default cancellation deadline)."""
+async def live_drop(api: httpx.AsyncClient, *, capacity: int, price_cents: int = 0) -> dict[str, Any]:
+    """A store with a Berlin branch, a product (free unless priced), a drop that is LIVE now
+    and one slot starting in three hours (well before the default cancellation deadline)."""
     owner = await sign_up(api, name="Olga Owner")
     store = await create_store(api, owner, name="Kicks & Co")
     sid, h = store["id"], owner["headers"]
@@ -393,7 +394,7 @@ async def live_free_drop(api: httpx.AsyncClient, *, capacity: int) -> dict[str, 
         "opening_hours": {"timezone": "Europe/Berlin"}})
     assert r.status_code == 201, r.text
     r = await api.post(f"/stores/{sid}/products", headers=h, json={
-        "name": "Air Max 1", "sku": f"AM1-{uuid.uuid4().hex[:6]}", "price_cents": 0, "currency": "EUR"})
+        "name": "Air Max 1", "sku": f"AM1-{uuid.uuid4().hex[:6]}", "price_cents": price_cents, "currency": "EUR"})
     assert r.status_code == 201, r.text
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     r = await api.post(f"/stores/{sid}/drops", headers=h, json={
@@ -428,7 +429,7 @@ async def reserve(api: httpx.AsyncClient, user: dict[str, Any], slot_id: str) ->
 
 
 async def test_a_reservation_booking_confirms_is_mailed_with_its_qr_slot_and_branch(api, smtp, customer):
-    drop = await live_free_drop(api, capacity=5)
+    drop = await live_drop(api, capacity=5)
     reservation = await reserve(api, customer, drop["slot"]["id"])
     assert reservation["state"] == "CONFIRMED" and reservation["checkin_token"]
 
@@ -448,7 +449,7 @@ async def test_a_reservation_booking_confirms_is_mailed_with_its_qr_slot_and_bra
 async def test_a_seat_freed_by_a_cancellation_is_offered_by_mail_with_its_deadline(
     api, smtp, customer, second_customer
 ):
-    drop = await live_free_drop(api, capacity=1)
+    drop = await live_drop(api, capacity=1)
     slot_id = drop["slot"]["id"]
     holder = await reserve(api, customer, slot_id)
     full = await api.post("/reservations", json={"slot_id": slot_id},
@@ -477,3 +478,56 @@ async def test_a_seat_freed_by_a_cancellation_is_offered_by_mail_with_its_deadli
     await eventually(lambda: _has(smtp.to(customer["email"], "reservation_cancelled")), timeout=30,
                      what="the cancellation mail to the first customer")
     assert "as you asked" in plain(smtp.to(customer["email"], "reservation_cancelled")[0])
+
+
+async def test_a_declined_card_is_told_once_naming_the_drop_and_amount(api, smtp, customer):
+    drop = await live_drop(api, capacity=3, price_cents=1250)
+    reservation = await reserve(api, customer, drop["slot"]["id"])
+    assert reservation["state"] == "PENDING", reservation
+
+    async def payment() -> dict[str, Any] | None:
+        r = await api.get("/payments", params={"reservation_id": reservation["id"]}, headers=customer["headers"])
+        items = r.json().get("items") if r.status_code == 200 else None
+        return items[0] if items and items[0]["status"] == "requires_payment_method" else None
+
+    pay = await eventually(payment, timeout=30, what="the payment intent")
+    r = await api.post(f"/payments/{pay['id']}/sandbox/confirm", headers=customer["headers"],
+                       json={"card_number": "4000000000000002"})
+    assert r.status_code == 402, r.text
+
+    async def mail() -> Any:
+        found = smtp.to(customer["email"], "payment_failed")
+        return found[0] if found else None
+
+    msg = await eventually(mail, timeout=30, what="the payment-failed mail")
+    assert "Spring Sneaker Drop" in msg["Subject"]  # named from booking's earlier reservation event
+    assert "12.50 EUR" in plain(msg)
+    # booking cancels the reservation for the failed payment; that is not told a second time
+    await eventually(lambda: _cancelled(api, customer, reservation["id"]), timeout=30, what="the cancellation")
+    await wait_status(api, customer, "payment_failed", "SENT")
+    assert not smtp.to(customer["email"], "reservation_cancelled")
+
+
+async def _cancelled(api: httpx.AsyncClient, user: dict[str, Any], reservation_id: str) -> bool:
+    r = await api.get(f"/reservations/{reservation_id}", headers=user["headers"])
+    return r.status_code == 200 and r.json()["state"] == "CANCELLED"
+
+
+async def test_only_the_customer_reminder_of_an_expiring_hold_is_sent(api, bus, smtp, customer):
+    expires = datetime.now(UTC).replace(microsecond=0) + timedelta(minutes=3)
+
+    def expiring(final_check: bool) -> Envelope:
+        snap = ReservationSnapshot(
+            reservation_id=uuid.uuid4(), slot_id=uuid.uuid4(), drop_id=uuid.uuid4(), store_id=uuid.uuid4(),
+            user_id=uuid.UUID(customer["id"]), state="PENDING", slot_start=SLOT_START,
+            slot_end=SLOT_START + timedelta(minutes=30), amount_cents=1250, currency="EUR", requires_payment=True,
+            expires_at=expires, drop_name="Spring Sneaker Drop")
+        return Envelope.wrap(HoldExpiring(reservation=snap, final_check=final_check), producer="booking")
+
+    await bus.publish(expiring(final_check=True))  # booking's prompt to payments: not for the customer
+    await bus.publish(expiring(final_check=False))
+    sent = await wait_status(api, customer, "hold_expiring", "SENT")
+    assert len(await my_notifications(api, customer, template="hold_expiring")) == 1
+    [msg] = smtp.to(customer["email"], "hold_expiring")
+    assert f"{expires:%H:%M} UTC" in msg["Subject"] and "the payment" in plain(msg)
+    assert sent["event_type"] == "booking.reservation.expiring"
