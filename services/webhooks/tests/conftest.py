@@ -113,3 +113,54 @@ async def harness(wh_settings: Settings) -> AsyncIterator[Harness]:
     h = Harness(wh_settings)
     yield h
     await h.close()
+
+
+# --- end to end ----------------------------------------------------------------------------------
+class Bus:
+    """Publishes envelopes to the system's exchange exactly as a producer's outbox relay does
+    (routing key = event type), for producers a test cannot drive through the API yet; and
+    taps events the system emits."""
+
+    def __init__(self, rabbit_url: str, namespace: str):
+        self.rabbit_url = rabbit_url
+        self.exchange_name = f"{namespace}.events"
+        self._conn: Any = None
+        self._exchange: Any = None
+        self.tapped: list[dict[str, Any]] = []
+
+    async def start(self) -> Bus:
+        import aio_pika
+
+        self._conn = await aio_pika.connect(self.rabbit_url)
+        channel = await self._conn.channel(publisher_confirms=True)
+        self._exchange = await channel.declare_exchange(self.exchange_name, aio_pika.ExchangeType.TOPIC,
+                                                        durable=True)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(self._exchange, routing_key="webhooks.#")
+        await queue.consume(self._on_message)
+        return self
+
+    async def _on_message(self, message: Any) -> None:
+        import json
+
+        async with message.process():
+            self.tapped.append(json.loads(message.body))
+
+    async def publish(self, *envs: Envelope) -> None:
+        import aio_pika
+
+        await asyncio.gather(*(self._exchange.publish(
+            aio_pika.Message(env.model_dump_json().encode(), message_id=str(env.id), content_type="application/json",
+                             delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=env.routing_key) for env in envs))
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+
+@pytest.fixture(scope="session")
+async def bus(system: Any) -> AsyncIterator[Bus]:
+    b = await Bus(system.settings.rabbit_url, system.settings.broker_namespace).start()
+    yield b
+    await b.close()

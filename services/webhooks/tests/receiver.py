@@ -98,11 +98,12 @@ class Receiver:
 
 def reservation_snapshot(store_id: uuid.UUID, **extra: Any) -> ReservationSnapshot:
     start = datetime.now(UTC) + timedelta(days=1)
-    return ReservationSnapshot(
+    fields: dict[str, Any] = dict(
         reservation_id=uuid.uuid4(), slot_id=uuid.uuid4(), drop_id=uuid.uuid4(), store_id=store_id,
         user_id=uuid.uuid4(), state="CONFIRMED", slot_start=start, slot_end=start + timedelta(minutes=30),
-        amount_cents=0, currency="EUR", requires_payment=False, **extra,
+        amount_cents=0, currency="EUR", requires_payment=False,
     )
+    return ReservationSnapshot(**{**fields, **extra})
 
 
 def reservation_envelope(store_id: uuid.UUID) -> Envelope:

@@ -37,8 +37,8 @@ class Settings(KitSettings):
     # per endpoint across all replicas (1 while the endpoint is failing), the lease on a claimed
     # delivery (must outlast an attempt), and the polling fallback of the NOTIFY wake-up.
     webhooks_max_inflight: int = 64
-    webhooks_endpoint_concurrency: int = 4
-    webhooks_lease_seconds: float = 60.0
+    webhooks_endpoint_concurrency: int = 16
+    webhooks_lease_seconds: float = 120.0
     webhooks_poll_seconds: float = 0.5
 
     # Secrets: rotation keeps the old secret signing beside the new one this long (default 24 h).

@@ -7,9 +7,11 @@ deliveries, signed per Standard Webhooks.
   few slots and never the whole pool: other stores' events keep flowing.
 - New deliveries wake the loop through LISTEN/NOTIFY; polling is the fallback and what picks
   up retries coming due.
-- Every attempt is kept (status, duration, the first KB of the answer, the error). Failures
-  go back on the retry schedule; a 410 or a run of failures longer than the configured window
-  disables the endpoint and emits `webhooks.endpoint.disabled`.
+- Every attempt is kept (status, duration, the first KB of the answer, the error). Outcomes
+  are written in batches (one transaction for everything that finished meanwhile), which
+  keeps the database work per delivery small in a burst. Failures go back on the retry
+  schedule; a 410 or a run of failures longer than the configured window disables the
+  endpoint and emits `webhooks.endpoint.disabled`.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import contextlib
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +41,14 @@ from .service import redact_url
 
 log = logging.getLogger("dropslot.webhooks.delivery")
 CHANNEL = "webhooks_deliveries"
+RECORD_BATCH = 200
+
+
+@dataclass
+class Outcome:
+    job: dict[str, Any]
+    result: AttemptResult
+    done: asyncio.Future[None]
 
 
 class DeliveryWorker:
@@ -55,12 +66,15 @@ class DeliveryWorker:
         self.token = uuid.uuid4()  # this worker's lease token
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._listener: asyncpg.Connection | None = None
+        self._listener_retry_at = 0.0
         self.sent = 0
 
     # --- the loop --------------------------------------------------------------------------------
     async def run(self) -> None:
         await self.sender.start()
+        recorder = asyncio.create_task(self._record_loop())
         try:
             while True:
                 await self._ensure_listener()
@@ -80,6 +94,9 @@ class DeliveryWorker:
                     await asyncio.wait_for(self._wake.wait(), self.settings.webhooks_poll_seconds)
         finally:
             await self.stop()
+            recorder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recorder
 
     async def stop(self) -> None:
         """Cancel what is in flight: those leases lapse and another worker takes the deliveries
@@ -103,6 +120,8 @@ class DeliveryWorker:
     async def _ensure_listener(self) -> None:
         if self._listener is not None and not self._listener.is_closed():
             return
+        if time.monotonic() < self._listener_retry_at:
+            return
         try:
             self._listener = await asyncpg.connect(
                 self.settings.plain_service_dsn(),
@@ -113,6 +132,7 @@ class DeliveryWorker:
             # Without the listener we still poll; try again on the next turn.
             log.warning("webhooks: cannot LISTEN for new deliveries (%r); polling", exc)
             self._listener = None
+            self._listener_retry_at = time.monotonic() + 5.0
 
     async def claim(self, free: int) -> list[dict[str, Any]]:
         async with self.db.uow() as uow:
@@ -123,7 +143,8 @@ class DeliveryWorker:
 
     @property
     def lease_seconds(self) -> float:
-        # Longer than any attempt can take, so a lease never lapses under a live attempt.
+        # Longer than any attempt can take (and its outcome to be written), so a lease never
+        # lapses under a live attempt; it only matters when a worker died mid-delivery.
         return max(self.settings.webhooks_lease_seconds, self.settings.webhooks_timeout_seconds * 2 + 5)
 
     # --- one attempt -----------------------------------------------------------------------------
@@ -141,72 +162,107 @@ class DeliveryWorker:
             keys = self.signing_keys(job)
         except (SecretBoxError, signing.InvalidSecret) as exc:
             log.error("webhooks: cannot sign for endpoint %s: %s", job["endpoint_id"], exc)
-            now = datetime.now(UTC)
-            await self.record(job, AttemptResult(now, 0.0, None, None, f"cannot sign: {exc}"))
-            return
-        timestamp = int(time.time())
-        headers = {
-            "webhook-id": msg_id,
-            "webhook-timestamp": str(timestamp),
-            "webhook-signature": signing.signature_header(keys, msg_id, timestamp, body),
-        }
-        result = await self.sender.send(job["url"], headers, body)
-        _record_metric(result, job["type"])
-        await self.record(job, result)
+            result = AttemptResult(datetime.now(UTC), 0.0, None, None, f"cannot sign: {exc}")
+        else:
+            timestamp = int(time.time())
+            headers = {
+                "webhook-id": msg_id,
+                "webhook-timestamp": str(timestamp),
+                "webhook-signature": signing.signature_header(keys, msg_id, timestamp, body),
+            }
+            result = await self.sender.send(job["url"], headers, body)
+            _record_metric(result, job["type"])
+        # The slot stays taken until the outcome is written (the lease says in flight till then).
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._outcomes.put(Outcome(job, result, done))
+        await done
 
-    async def record(self, job: dict[str, Any], result: AttemptResult) -> None:
-        s = self.settings
-        gone = result.status_code == 410
-        status, next_at = "delivered", None
-        if not result.success:
-            delay = None if gone else next_delay(
-                job["retry_count"] + 1, s.webhooks_retry_schedule_seconds, scale=s.webhooks_retry_scale,
-                jitter=s.webhooks_retry_jitter, retry_after=result.retry_after,
-                retry_after_max=s.webhooks_retry_after_max_seconds,
-            )
-            if delay is None and not gone:
-                status = "failed"
+    # --- writing outcomes ------------------------------------------------------------------------
+    async def _record_loop(self) -> None:
+        while True:
+            batch = [await self._outcomes.get()]
+            while len(batch) < RECORD_BATCH and not self._outcomes.empty():
+                batch.append(self._outcomes.get_nowait())
+            try:
+                await self.record(batch)
+            except Exception as exc:  # the database hiccuped: these leases lapse and are retried
+                log.exception("webhooks: could not record %d outcomes", len(batch))
+                for o in batch:
+                    if not o.done.done():
+                        o.done.set_exception(exc)
             else:
-                # A 410 leaves the delivery pending behind the disabled endpoint: if the owner
-                # re-enables it, nothing was lost.
-                status = "pending"
-                next_at = datetime.now(UTC) + timedelta(seconds=delay or 0.0)
-        async with self.db.uow() as uow:
-            await repo.scope_system(uow.conn)
-            await repo.insert_attempt(uow.conn, {
+                for o in batch:
+                    if not o.done.done():
+                        o.done.set_result(None)
+
+    def _plan(self, o: Outcome) -> tuple[str, datetime | None]:
+        """(delivery status, next attempt) after this outcome."""
+        s, r = self.settings, o.result
+        if r.success:
+            return "delivered", None
+        if r.status_code == 410:
+            # Left pending behind the disabled endpoint: if the owner re-enables it, nothing was lost.
+            return "pending", datetime.now(UTC)
+        delay = next_delay(
+            o.job["retry_count"] + 1, s.webhooks_retry_schedule_seconds, scale=s.webhooks_retry_scale,
+            jitter=s.webhooks_retry_jitter, retry_after=r.retry_after,
+            retry_after_max=s.webhooks_retry_after_max_seconds,
+        )
+        if delay is None:
+            return "failed", None
+        return "pending", datetime.now(UTC) + timedelta(seconds=delay)
+
+    async def record(self, batch: list[Outcome]) -> None:
+        attempts, finishes = [], []
+        last_ok: dict[uuid.UUID, bool] = {}  # endpoint -> was its latest outcome a success?
+        failure_run_start: dict[uuid.UUID, datetime] = {}
+        gone: set[uuid.UUID] = set()
+        for o in batch:
+            job, r = o.job, o.result
+            status, next_at = self._plan(o)
+            attempts.append({
                 "webhook_event_id": job["id"], "endpoint_id": job["endpoint_id"], "store_id": job["store_id"],
                 "attempt_number": job["attempt_count"] + 1, "url": redact_url(job["url"]),
-                "started_at": result.started_at, "duration_ms": int(result.duration * 1000),
-                "status_code": result.status_code, "success": result.success,
-                "response_body": result.response_body, "error": result.error, "worker": self.name,
+                "started_at": r.started_at, "duration_ms": int(r.duration * 1000), "status_code": r.status_code,
+                "success": r.success, "response_body": r.response_body, "error": r.error, "worker": self.name,
             })
-            held = await repo.finish_attempt(
-                uow.conn, delivery_id=job["id"], token=self.token, success=result.success, status=status,
-                next_attempt_at=next_at, started_at=result.started_at, status_code=result.status_code,
-                error=result.error,
-            )
-            if not held:
-                log.warning("webhooks: lease on %s lapsed during the attempt; outcome logged only", job["id"])
-            if result.success:
-                await repo.endpoint_recovered(uow.conn, job["endpoint_id"])
-                self.sent += 1
-                return
-            failing_since = await repo.endpoint_failed(uow.conn, job["endpoint_id"], result.started_at)
-            reason = None
-            if gone:
-                reason = "gone"
-            elif failing_since is not None and datetime.now(UTC) - failing_since >= timedelta(
-                    seconds=s.webhooks_disable_after_seconds):
-                reason = "failing"
-            if reason is not None:
-                row = await repo.disable_endpoint(uow.conn, job["endpoint_id"], reason)
-                if row is not None:
-                    log.warning("webhooks: endpoint %s disabled (%s)", row["id"], reason)
-                    uow.emit(EndpointDisabled(endpoint_id=row["id"], store_id=row["store_id"],
-                                              url=redact_url(row["url"]), reason=reason,
-                                              failing_since=failing_since, last_status_code=result.status_code,
-                                              last_error=result.error),
-                             store_id=row["store_id"])
+            finishes.append({
+                "ok": r.success, "status": status, "next": next_at, "started": r.started_at, "code": r.status_code,
+                "err": r.error, "id": job["id"], "token": self.token,
+            })
+            ep = job["endpoint_id"]
+            if r.success:
+                failure_run_start.pop(ep, None)
+            else:
+                failure_run_start.setdefault(ep, r.started_at)
+                if r.status_code == 410:
+                    gone.add(ep)
+            last_ok[ep] = r.success
+        async with self.db.uow() as uow:
+            await repo.scope_system(uow.conn)
+            await repo.insert_attempts(uow.conn, attempts)
+            await repo.finish_attempts(uow.conn, finishes)
+            await repo.endpoints_recovered(uow.conn, [ep for ep, ok in last_ok.items() if ok])
+            failing = await repo.endpoints_failed(uow.conn, failure_run_start)
+            window = timedelta(seconds=self.settings.webhooks_disable_after_seconds)
+            now = datetime.now(UTC)
+            for ep in sorted(set(failing) | gone):
+                reason = "gone" if ep in gone else "failing" if now - failing[ep] >= window else None
+                if reason is not None:
+                    last = next(o.result for o in reversed(batch) if o.job["endpoint_id"] == ep)
+                    await self._disable(uow, ep, reason, failing.get(ep), last)
+        self.sent += sum(1 for o in batch if o.result.success)
+
+    async def _disable(self, uow: Any, endpoint_id: uuid.UUID, reason: str, failing_since: datetime | None,
+                       last: AttemptResult) -> None:
+        row = await repo.disable_endpoint(uow.conn, endpoint_id, reason)
+        if row is None:
+            return  # already inactive
+        log.warning("webhooks: endpoint %s disabled (%s)", row["id"], reason)
+        uow.emit(EndpointDisabled(endpoint_id=row["id"], store_id=row["store_id"], url=redact_url(row["url"]),
+                                  reason=reason, failing_since=failing_since, last_status_code=last.status_code,
+                                  last_error=last.error),
+                 store_id=row["store_id"])
 
 
 def _record_metric(result: AttemptResult, event_type: str) -> None:

@@ -276,7 +276,7 @@ async def claim(conn: AsyncConnection, *, free: int, cap: int, lease_seconds: fl
     return [dict(r) for r in result.mappings()]
 
 
-async def insert_attempt(conn: AsyncConnection, values: Row) -> None:
+async def insert_attempts(conn: AsyncConnection, rows: Sequence[Row]) -> None:
     await conn.execute(
         text(
             "INSERT INTO webhook_attempts (webhook_event_id, endpoint_id, store_id, attempt_number, url,"
@@ -284,16 +284,14 @@ async def insert_attempt(conn: AsyncConnection, values: Row) -> None:
             " VALUES (:webhook_event_id, :endpoint_id, :store_id, :attempt_number, :url, :started_at,"
             " :duration_ms, :status_code, :success, :response_body, :error, :worker)"
         ),
-        values,
+        list(rows),
     )
 
 
-async def finish_attempt(
-    conn: AsyncConnection, *, delivery_id: uuid.UUID, token: uuid.UUID, success: bool, status: str,
-    next_attempt_at: datetime | None, started_at: datetime, status_code: int | None, error: str | None,
-) -> bool:
-    """Record the outcome on the delivery, if this worker still holds its lease."""
-    result = await conn.execute(
+async def finish_attempts(conn: AsyncConnection, rows: Sequence[Row]) -> None:
+    """Record outcomes on their deliveries, where the worker still holds the lease (`token`):
+    if a lease lapsed and another worker took the delivery over, that worker owns its state."""
+    await conn.execute(
         text(
             "UPDATE webhook_events SET attempt_count = attempt_count + 1,"
             " retry_count = CASE WHEN :ok THEN retry_count ELSE retry_count + 1 END,"
@@ -303,40 +301,47 @@ async def finish_attempt(
             " locked_until = NULL, lock_token = NULL, updated_at = now()"
             " WHERE id = :id AND lock_token = :token"
         ),
-        {"ok": success, "status": status, "next": next_attempt_at, "started": started_at, "code": status_code,
-         "err": error, "id": delivery_id, "token": token},
+        list(rows),
     )
-    return bool(result.rowcount)
 
 
-async def endpoint_recovered(conn: AsyncConnection, endpoint_id: uuid.UUID) -> bool:
-    """A success: the endpoint is healthy. If it had been failing, what waits on the retry
-    schedule is due now (the receiver is back; no reason to make it wait hours)."""
-    row = await _one(
+async def endpoints_recovered(conn: AsyncConnection, endpoint_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Successes: these endpoints are healthy. Those that had been failing get what waits on
+    the retry schedule now (the receiver is back; no reason to make it wait hours)."""
+    if not endpoint_ids:
+        return []
+    rows = await _all(
         conn,
-        "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = :e AND failing_since IS NOT NULL RETURNING id",
-        {"e": endpoint_id},
+        "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ANY(:ids) AND failing_since IS NOT NULL"
+        " RETURNING id",
+        {"ids": list(endpoint_ids)},
     )
-    if row is None:
-        return False
-    await conn.execute(
-        text("UPDATE webhook_events SET next_attempt_at = now() WHERE endpoint_id = :e"
-             " AND delivery_status = 'pending' AND next_attempt_at > now() AND retry_count > 0"),
-        {"e": endpoint_id},
-    )
-    await notify_workers(conn)
-    return True
+    recovered = [r["id"] for r in rows]
+    if recovered:
+        await conn.execute(
+            text("UPDATE webhook_events SET next_attempt_at = now() WHERE endpoint_id = ANY(:ids)"
+                 " AND delivery_status = 'pending' AND next_attempt_at > now() AND retry_count > 0"),
+            {"ids": recovered},
+        )
+        await notify_workers(conn)
+    return recovered
 
 
-async def endpoint_failed(conn: AsyncConnection, endpoint_id: uuid.UUID, started_at: datetime) -> datetime | None:
-    """A failure: when did the endpoint's current run of failures start?"""
-    row = await _one(
+async def endpoints_failed(
+    conn: AsyncConnection, first_failure: dict[uuid.UUID, datetime]
+) -> dict[uuid.UUID, datetime]:
+    """Failures: when did each endpoint's current run of failures start?"""
+    if not first_failure:
+        return {}
+    ids = list(first_failure)
+    rows = await _all(
         conn,
-        "UPDATE webhook_endpoints SET failing_since = COALESCE(failing_since, :t) WHERE id = :e"
-        " RETURNING failing_since",
-        {"e": endpoint_id, "t": started_at},
+        "UPDATE webhook_endpoints e SET failing_since = COALESCE(e.failing_since, v.t)"
+        " FROM unnest(CAST(:ids AS uuid[]), CAST(:ts AS timestamptz[])) AS v(id, t)"
+        " WHERE e.id = v.id RETURNING e.id, e.failing_since",
+        {"ids": ids, "ts": [first_failure[i] for i in ids]},
     )
-    return row["failing_since"] if row else None
+    return {r["id"]: r["failing_since"] for r in rows}
 
 
 async def disable_endpoint(conn: AsyncConnection, endpoint_id: uuid.UUID, reason: str) -> Row | None:
