@@ -12,6 +12,7 @@ from dropslot_kit.auth import Principal
 from dropslot_kit.db import UnitOfWork
 from dropslot_kit.errors import NotFound
 from dropslot_kit.memberships import OWNER, authorize_store, member_store_ids
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ..adapters import repo
 from ..adapters.cache import PublicCache
@@ -37,6 +38,17 @@ async def reading(rt: ServiceRuntime) -> AsyncIterator[UnitOfWork]:
     assert rt.db is not None
     async with rt.db.uow() as uow:
         yield uow
+
+
+@contextlib.asynccontextmanager
+async def public_reading(rt: ServiceRuntime) -> AsyncIterator[AsyncConnection]:
+    """A connection for public reads: no tenant, and no explicit transaction (each public
+    read is one or two independent statements, so BEGIN/COMMIT would only add round trips
+    on the path a cache miss takes). The tenant setting is transaction-local, so a pooled
+    connection never carries one over from an earlier request."""
+    assert rt.db is not None
+    async with rt.db.engine.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 async def store_scope(uow: UnitOfWork, principal: Principal, store_id: uuid.UUID,

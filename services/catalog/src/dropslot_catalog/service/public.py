@@ -21,7 +21,7 @@ from dropslot_kit.memberships import STAFF
 from .. import views
 from ..adapters import repo
 from ..domain.geo import BoundingBox
-from .common import locate, reading
+from .common import locate, public_reading, reading
 
 
 @dataclass(frozen=True)
@@ -37,21 +37,21 @@ class DropQuery:
 
 
 async def list_drops(rt: ServiceRuntime, q: DropQuery) -> dict[str, Any]:
-    async with reading(rt) as uow:
+    async with public_reading(rt) as conn:
         store_id = q.store_id
         if q.store_slug is not None:
-            store = await repo.get_store_by_slug(uow.conn, q.store_slug)
+            store = await repo.get_store_by_slug(conn, q.store_slug)
             if store is None:
                 return {"items": [], "next_cursor": None}
             store_id = store["id"]
-        rows = await repo.public_drops(uow.conn, statuses=q.statuses, store_id=store_id, window_from=q.window_from,
+        rows = await repo.public_drops(conn, statuses=q.statuses, store_id=store_id, window_from=q.window_from,
                                        window_to=q.window_to, near=q.near, cursor=q.cursor, limit=q.limit + 1)
     return views.page([views.drop_view(r) for r in rows], rows, q.limit, "starts_at")
 
 
 async def get_drop(rt: ServiceRuntime, drop_id: uuid.UUID) -> dict[str, Any]:
-    async with reading(rt) as uow:
-        row = await repo.drop_view(uow.conn, drop_id, public=True)
+    async with public_reading(rt) as conn:
+        row = await repo.drop_view(conn, drop_id, public=True)
     if row is None:
         raise NotFound("no such drop")
     return views.drop_view(row)
@@ -68,18 +68,18 @@ async def get_private_drop(rt: ServiceRuntime, principal: Principal, drop_id: uu
 
 
 async def list_stores(rt: ServiceRuntime, *, cursor: tuple[datetime, uuid.UUID] | None, limit: int) -> dict[str, Any]:
-    async with reading(rt) as uow:
-        rows = await repo.list_stores(uow.conn, cursor=cursor, limit=limit + 1)
+    async with public_reading(rt) as conn:
+        rows = await repo.list_stores(conn, cursor=cursor, limit=limit + 1)
     return views.page([views.store_view(r) for r in rows], rows, limit, "created_at")
 
 
 async def get_store(rt: ServiceRuntime, ref: str) -> dict[str, Any]:
     """By id or by slug."""
-    async with reading(rt) as uow:
+    async with public_reading(rt) as conn:
         try:
-            row = await repo.get_store(uow.conn, uuid.UUID(ref))
+            row = await repo.get_store(conn, uuid.UUID(ref))
         except ValueError:
-            row = await repo.get_store_by_slug(uow.conn, ref.lower())
+            row = await repo.get_store_by_slug(conn, ref.lower())
     if row is None:
         raise NotFound("no such store")
     return views.store_view(row)
