@@ -114,6 +114,18 @@ async def test_proxies_path_query_body_and_request_id(gw):
     assert echoed["path"] == "/api/v1/auth/register?x=1" and echoed["body"] == '{"a":1}'
     assert echoed["headers"]["X-Request-ID"] == "req-42" and r.headers["x-request-id"] == "req-42"
     assert echoed["headers"]["X-Forwarded-For"].startswith("198.51.100.")
+    assert echoed["headers"]["X-Real-IP"].startswith("198.51.100.")  # behind a trusted proxy: the caller
+
+
+async def test_client_cannot_choose_its_audited_address(gw):
+    r = await gw["client"].get("/api/v1/auth/x", headers={"X-Real-IP": "1.2.3.4"})
+    assert r.json()["headers"]["X-Real-IP"] != "1.2.3.4"
+
+
+async def test_auth_routes_are_not_blocked_by_a_stale_access_token(gw):
+    stale = gw["signer"].token(ttl=-600)
+    r = await gw["client"].post("/api/v1/auth/refresh", json={}, headers={"Authorization": f"Bearer {stale}"})
+    assert r.status_code == 201 and r.json()["upstream"] == "identity"
 
 
 async def test_balances_booking_replicas_and_skips_a_dead_one(gw):

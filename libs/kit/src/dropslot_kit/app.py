@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dropslot_contracts import Actor
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -57,9 +57,11 @@ async def supervise(name: str, loop: Callable[[], Awaitable[None]], *, restart_d
 
 
 def _client_ip(scope: dict[str, Any], headers: dict[bytes, bytes]) -> str | None:
-    xff = headers.get(b"x-forwarded-for")
-    if xff:
-        return xff.split(b",")[0].strip().decode()
+    # The gateway resolves the caller's address (trusting only its configured proxies) and
+    # overwrites X-Real-IP; a client-supplied X-Forwarded-For is not believed.
+    real = headers.get(b"x-real-ip")
+    if real:
+        return real.decode()
     client = scope.get("client")
     return client[0] if client else None
 

@@ -213,16 +213,21 @@ class Gateway:
             elif k == b"x-forwarded-for":
                 xff = v
                 continue
+            elif k == b"x-real-ip":  # ours to set: a client must not choose its audited address
+                continue
             headers[k.decode("latin-1")] = v.decode("latin-1")
         client = scope.get("client")
         peer = client[0] if client else "unknown"
         headers["x-forwarded-for"] = (xff.decode("latin-1") + ", " if xff else "") + peer
         client_ip = self.client_ip(peer, xff)
+        headers["x-real-ip"] = client_ip
         headers["x-request-id"] = request_id.decode()
         telemetry.inject_headers(headers)
 
         user_key: str | None = None
-        if auth is not None:
+        # /auth/* is identity's own door (sign-in, refresh with a stale access token still
+        # attached, ...): identity checks what it needs; everything else is checked here first.
+        if auth is not None and not scope["path"].startswith("/api/v1/auth/"):
             token = auth.decode("latin-1")
             scheme, _, value = token.partition(" ")
             if scheme.lower() != "bearer" or not value:
