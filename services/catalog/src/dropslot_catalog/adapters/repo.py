@@ -224,7 +224,8 @@ async def lock_open_drops_of_product(conn: AsyncConnection, store_id: uuid.UUID,
 async def find_store_of(conn: AsyncConnection, table: str, row_id: uuid.UUID) -> uuid.UUID | None:
     """The store of a branch/product/drop, as far as the current tenant and the public
     policies let this transaction see it."""
-    assert table in ("products", "drops", "branches")
+    if table not in ("products", "drops", "branches"):  # an identifier, never client input
+        raise ValueError(f"not a tenant table: {table}")
     row = await _one(conn, f"SELECT store_id FROM {table} WHERE id = :id", {"id": row_id})
     return row["store_id"] if row else None
 
