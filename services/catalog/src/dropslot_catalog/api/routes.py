@@ -39,7 +39,7 @@ router = APIRouter(prefix="/api/v1")
 
 Limit = Annotated[int, Query(ge=1, le=100, description="page size")]
 CursorQ = Annotated[str | None, Query(description="next_cursor of the previous page")]
-PUBLIC_STATUSES = {"live": "LIVE", "upcoming": "SCHEDULED"}
+PUBLIC_STATUSES = {"live": "LIVE", "upcoming": "SCHEDULED", "scheduled": "SCHEDULED"}  # the state's name works too
 DEFAULT_RADIUS_KM = 25.0
 
 
