@@ -12,23 +12,28 @@ Metrics other services record (names as scraped on `/metrics`):
 - `reservations_total{service, drop_id, outcome, reason}` via `record_reservation(...)`
 - `webhook_deliveries_total{service, event_type, outcome}` and
   `webhook_delivery_duration_seconds{service, outcome}` via `record_webhook_delivery(...)`
+
+Work done later by a background loop keeps its request's trace with `current_traceparent()`
+(store it with the work) and `continued_span(name, traceparent)` (wrap the work in it).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import context
@@ -187,6 +192,24 @@ def inject_headers(carrier: dict[str, str] | None = None) -> dict[str, str]:
 
 def extract_context(carrier: Mapping[str, Any]) -> Any:
     return propagate.extract({k: str(v) for k, v in carrier.items() if v is not None})
+
+
+def current_traceparent() -> str | None:
+    """The W3C `traceparent` of the current span, to store with work a background loop does
+    later (a webhook delivery row, a provider call queued in a table): the outbox does the same."""
+    return inject_headers().get("traceparent")
+
+
+@contextlib.contextmanager
+def continued_span(
+    name: str, traceparent: str | None, *, kind: SpanKind = SpanKind.INTERNAL,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[trace.Span]:
+    """Continue a stored trace in a background loop: a span whose parent is `traceparent` (a new
+    trace when None). Outbound HTTP inside it becomes its child and carries the trace on."""
+    parent = extract_context({"traceparent": traceparent}) if traceparent else None
+    with tracer().start_as_current_span(name, context=parent, kind=kind, attributes=dict(attributes or {})) as span:
+        yield span
 
 
 def current_trace_ids() -> tuple[str | None, str | None]:
