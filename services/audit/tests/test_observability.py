@@ -173,6 +173,21 @@ def test_log_lines_are_json_with_trace_and_request_ids(spans, capsys):
         assert line["request_id"] == "req-123" and line["service"] == "audit"
 
 
+def test_a_background_loop_continues_the_trace_it_stored(spans):
+    """What a delivery worker does: store the request's traceparent with the work, continue it
+    later in another task; an outbound call inside becomes a child span."""
+    with telemetry.tracer().start_as_current_span("request") as request_span:
+        stored = telemetry.current_traceparent()
+    assert stored is not None and f"{request_span.get_span_context().trace_id:032x}" in stored
+    with telemetry.continued_span("deliver webhook", stored, kind=SpanKind.PRODUCER) as later:
+        assert telemetry.current_traceparent() != stored  # outbound calls now name this span
+    done = {s.context.span_id: s for s in spans.get_finished_spans()}[later.get_span_context().span_id]
+    assert done.context.trace_id == request_span.get_span_context().trace_id
+    assert done.parent is not None and done.parent.span_id == request_span.get_span_context().span_id
+    with telemetry.continued_span("no stored trace", None) as fresh:
+        assert fresh.get_span_context().trace_id != request_span.get_span_context().trace_id
+
+
 def test_reservation_and_webhook_metrics_are_exposed_with_their_labels():
     drop = uuid.uuid4()
     telemetry.record_reservation(drop, accepted=True)
