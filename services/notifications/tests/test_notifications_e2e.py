@@ -531,3 +531,25 @@ async def test_only_the_customer_reminder_of_an_expiring_hold_is_sent(api, bus, 
     [msg] = smtp.to(customer["email"], "hold_expiring")
     assert f"{expires:%H:%M} UTC" in msg["Subject"] and "the payment" in plain(msg)
     assert sent["event_type"] == "booking.reservation.expiring"
+
+
+async def test_a_deleted_account_is_forgotten_and_gets_nothing_more(api, bus, smtp, receiver, customer):
+    phone = "+4916" + str(uuid.uuid4().int)[:9]
+    r = await api.put("/notifications/preferences", headers=customer["headers"],
+                      json={"email": True, "sms": True, "push": False, "phone": phone})
+    assert r.status_code == 200, r.text
+    drop_id = uuid.uuid4()
+    assert (await api.post(f"/drops/{drop_id}/subscriptions", headers=customer["headers"])).status_code == 201
+
+    assert (await api.delete(f"/users/{customer['id']}", headers=customer["headers"])).status_code == 204
+
+    async def forgotten() -> bool:  # the access token stays valid for its short life
+        prefs = (await api.get("/notifications/preferences", headers=customer["headers"])).json()
+        sub = (await api.get(f"/drops/{drop_id}/subscription", headers=customer["headers"])).json()
+        return prefs["phone"] is None and prefs["sms"] is False and sub["subscribed"] is False
+
+    await eventually(forgotten, timeout=30, what="phone number and subscriptions forgotten")
+    await bus.publish(confirmed(customer["id"], drop_id=drop_id, store_id=uuid.uuid4(), token="ck.gone.sig"))
+    failed = await wait_status(api, customer, "reservation_confirmed", "FAILED")
+    assert "deleted" in failed["last_error"]
+    assert not smtp.to(customer["email"], "reservation_confirmed") and not receiver.to("sms", phone)

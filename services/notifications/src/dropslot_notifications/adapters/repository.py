@@ -58,13 +58,25 @@ async def set_contact_status(conn: AsyncConnection, user_id: uuid.UUID, status: 
     """), {"u": user_id, "s": status, "at": at})
 
 
+async def forget_user(conn: AsyncConnection, user_id: uuid.UUID, at: datetime) -> None:
+    """A deleted account: keep only the fact (so late events fail instead of mailing), drop the
+    address, name, phone number, device token and drop subscriptions. profile_at moves on, so an
+    older profile event arriving late cannot bring the address back."""
+    await conn.execute(text("""
+        UPDATE contacts SET email = NULL, name = NULL, profile_at = GREATEST(profile_at, :at), updated_at = now()
+        WHERE user_id = :u
+    """), {"u": user_id, "at": at})
+    await conn.execute(text("DELETE FROM preferences WHERE user_id = :u"), {"u": user_id})
+    await conn.execute(text("DELETE FROM drop_subscriptions WHERE user_id = :u"), {"u": user_id})
+
+
 async def mark_contact_verified(conn: AsyncConnection, user_id: uuid.UUID, email: str, name: str | None) -> None:
     # Verification is about one address: it only sticks while that is still the address we know.
     await conn.execute(text("""
         INSERT INTO contacts (user_id, email, name, email_verified) VALUES (:u, :e, :n, true)
         ON CONFLICT (user_id) DO UPDATE SET email_verified = true, email = EXCLUDED.email,
             name = COALESCE(contacts.name, EXCLUDED.name), updated_at = now()
-        WHERE contacts.email IS NULL OR contacts.email = EXCLUDED.email
+        WHERE contacts.status <> 'deleted' AND (contacts.email IS NULL OR contacts.email = EXCLUDED.email)
     """), {"u": user_id, "e": email, "n": name})
 
 

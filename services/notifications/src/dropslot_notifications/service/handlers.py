@@ -64,6 +64,8 @@ async def on_identity(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
                                   email_verified=ev.email_verified, at=at)
     elif isinstance(ev, identity.UserStatusChanged):
         await repo.set_contact_status(conn, ev.user_id, ev.status, at)
+        if ev.status == "deleted":  # terminal in identity: forget what we hold about the person
+            await repo.forget_user(conn, ev.user_id, at)
     elif isinstance(ev, identity.EmailVerified):
         await repo.mark_contact_verified(conn, ev.user_id, ev.email, ev.name)
     elif isinstance(ev, identity.PasswordChanged):
