@@ -315,17 +315,24 @@ async def _refunded(pay: Harness, r, cents: int) -> bool:  # type: ignore[no-unt
 async def test_callback_with_a_bad_signature_is_refused_and_changes_nothing(pay: Harness) -> None:
     r = await pay.reserve()
     p = await pay.payment_of(r)
-    before = await pay.query("SELECT count(*) AS n FROM provider_events")
-    body = ('{"id":"evt_forged","type":"payment_intent.succeeded","created":1,"data":{"object":'
-            f'{{"id":"{intent_id_of(p)}","object":"payment_intent","status":"succeeded"}}}}}}').encode()
+    await pay.quiet(p)
+    intent = intent_id_of(p)
+    before = await pay.query("SELECT count(*) AS n FROM provider_events WHERE intent_id = :i", i=intent)
+    forged_id = f"evt_forged_{uuid.uuid4().hex[:12]}"
+    body = ('{"id":"' + forged_id + '","type":"payment_intent.succeeded","created":1,"data":{"object":'
+            f'{{"id":"{intent}","object":"payment_intent","status":"succeeded"}}}}}}').encode()
     for header in ("t=1,v1=deadbeef", None, "garbage"):
         headers = {"content-type": "application/json"}
         if header:
             headers["Sandbox-Signature"] = header
         resp = await pay.client.post("/api/v1/payments/providers/sandbox/webhook", content=body, headers=headers)
         assert resp.status_code == 400 and resp.json()["type"].endswith("/invalid-signature")
-    after = await pay.query("SELECT count(*) AS n FROM provider_events")
+    after = await pay.query("SELECT count(*) AS n FROM provider_events WHERE intent_id = :i", i=intent)
     assert after[0].n == before[0].n
+    assert (await pay.query("SELECT count(*) AS n FROM provider_events WHERE event_id = :e", e=forged_id))[0].n == 0
+    ops = await pay.query("SELECT count(*) AS n FROM payment_ops WHERE payment_id = :p AND status = 'pending'",
+                          p=uuid.UUID(p["id"]))
+    assert ops[0].n == 0
     assert (await pay.payment_of(r))["status"] == "requires_payment_method"
     assert (await pay.client.post("/api/v1/payments/providers/nope/webhook", content=b"{}")).status_code == 404
 
