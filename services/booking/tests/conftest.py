@@ -196,7 +196,7 @@ class EventTap:
         if self._conn is not None:
             await self._conn.close()
 
-    async def wait_for(self, event_type: str, timeout: float = 20.0, **match: Any) -> Envelope:
+    async def wait_for(self, event_type: str, within: float = 20.0, **match: Any) -> Envelope:
         def hit(env: Envelope) -> bool:
             if env.type != event_type:
                 return False
@@ -212,7 +212,7 @@ class EventTap:
         async def found() -> Envelope | None:
             return next((e for e in self.seen if hit(e)), None)
 
-        result = await eventually(found, timeout=timeout, what=f"{event_type} {match}")
+        result = await eventually(found, timeout=within, what=f"{event_type} {match}")
         assert result is not None
         return result
 

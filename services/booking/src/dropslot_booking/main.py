@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from dropslot_kit.app import ServiceRuntime, create_service_app
 from fastapi import FastAPI
+from starlette.middleware import Middleware
 
 from .adapters import keys
 from .adapters.hotpath import HotPath, SlotBatcher
 from .api import router
 from .api.deps import TokenCache
+from .api.fast import FastReserve
 from .config import Settings
 from .consumers import BookingHolder, build_consumers
 from .service import sweeper
@@ -59,4 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_shutdown=on_shutdown,
     )
     app.state.token_cache = TokenCache(settings.booking_token_cache_size)
+    if settings.booking_fast_reserve:
+        # Innermost user middleware: inside the kit's request context, before FastAPI's routing.
+        app.user_middleware.append(Middleware(FastReserve))
     return app

@@ -1,0 +1,451 @@
+"""The drop storm: many people pressing "reserve" at once, through the gateway, against the whole
+system started as processes (its own database and broker namespace, like the e2e tests).
+
+    make bench                                   # defaults below
+    make bench BENCH_ARGS="--users 2000 --concurrency 128"
+    .venv/bin/python bench/drop_storm.py --help
+
+What it does (everything through the public API, see bench/README.md for the choices):
+ 1. starts the system (2 booking replicas, gateway rate limits raised so the storm is not
+    throttled), registers N users and an owner through identity, creates a store, a product, two
+    drops and their slots through catalog and booking, publishes the drops (LIVE at once);
+ 2. phase "hot slot": every user fires one reservation at one slot of 1,000 seats, C at a time;
+ 3. phase "20 slots": every user fires one reservation at a random one of 20 slots of 50;
+ 4. checks the database: oversold seats, accepted-but-missing reservations, the invariants;
+ 5. the database's own ceiling for the same single-reservation transaction on one hot row (an
+    asyncpg loop calling `booking.reserve_seats` with one request, at several concurrencies);
+ 6. prints accepted/s until sold out, time to sell out, p50/p95/p99 of accepted and refused
+    requests, refused/s after sell-out, the ratio to the database ceiling, and each service
+    process's peak RSS (VmHWM from /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def say(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --- the system -----------------------------------------------------------------------------------
+def start(args: argparse.Namespace) -> tuple[Any, Any, Path]:
+    from dropslot_kit.launcher import check_infra, prepare_database
+    from dropslot_kit.settings import KitSettings
+    from dropslot_kit.testing import Infra, settings_for, start_system
+
+    base = KitSettings()
+    check_infra(base)
+    suffix = uuid.uuid4().hex[:8]
+    infra = Infra(base.admin_database_url, base.rabbit_url, base.redis_url, "local")
+    settings = settings_for(infra, f"dropslot_bench_{suffix}", f"bench{suffix}")
+    say(f"database {settings.database_url.rsplit('/', 1)[-1]}, broker namespace {settings.broker_namespace}")
+    with open(os.devnull, "w") as quiet:
+        prepare_database(settings, log=quiet)
+    log_dir = Path(tempfile.mkdtemp(prefix="drop-storm-"))
+    extra = {
+        # The storm must measure booking, not the gateway's abuse protection.
+        "DROPSLOT_RATE_LIMIT_USER_PER_MINUTE": "100000000",
+        "DROPSLOT_RATE_LIMIT_IP_PER_MINUTE": "100000000",
+        "DROPSLOT_RATE_LIMIT_RESERVE_PER_MINUTE": "100000000",
+        "DROPSLOT_LOG_LEVEL": "WARNING",
+        # Access tokens must outlive registering thousands of users.
+        "DROPSLOT_IDENTITY_ACCESS_TTL_SECONDS": "7200",
+        "DROPSLOT_BOOKING_BATCHING": "true" if args.batching else "false",
+        # PostgreSQL here allows 100 connections for everyone; nine processes with the default
+        # pools (10 + 10 overflow each) could take them all.
+        "DROPSLOT_DB_POOL_SIZE": "4",
+        "DROPSLOT_DB_MAX_OVERFLOW": "4",
+    }
+    if not args.real_argon2:
+        # Registering 5,000 users with production argon2 (~80 ms x 2 per user on 2 cores) takes
+        # minutes and measures nothing about the storm, which never hashes a password.
+        extra.update({"DROPSLOT_IDENTITY_ARGON2_TIME_COST": "1", "DROPSLOT_IDENTITY_ARGON2_MEMORY_KIB": "1024",
+                      "DROPSLOT_IDENTITY_ARGON2_PARALLELISM": "1"})
+    say(f"starting the system ({args.replicas} booking replicas, batching {'on' if args.batching else 'off'}), "
+        f"logs in {log_dir}")
+    running = start_system(settings, log_dir, booking_replicas=args.replicas, extra_env=extra)
+    say(f"system ready: gateway {running.url}")
+    return running, settings, log_dir
+
+
+# --- setup through the API ------------------------------------------------------------------------
+async def post(s: aiohttp.ClientSession, url: str, body: Any = None, headers: dict[str, str] | None = None,
+               expect: tuple[int, ...] = (200, 201)) -> Any:
+    for attempt in range(5):
+        async with s.post(url, json=body, headers=headers) as r:
+            text = await r.text()
+            if r.status in expect:
+                return json.loads(text) if text else None
+            if r.status in (429, 502, 503, 504) and attempt < 4:
+                await asyncio.sleep(0.5 * (attempt + 1))
+                continue
+            raise RuntimeError(f"POST {url} -> {r.status}: {text[:300]}")
+    raise AssertionError("unreachable")
+
+
+async def register(s: aiohttp.ClientSession, api: str, n: int, parallel: int) -> list[dict[str, Any]]:
+    users: list[dict[str, Any]] = []
+    sem = asyncio.Semaphore(parallel)
+    started = time.perf_counter()
+    password = "storm trooper password 42"
+
+    async def one(i: int) -> None:
+        email = f"storm-{i}-{uuid.uuid4().hex[:8]}@example.com"
+        async with sem:
+            await post(s, f"{api}/auth/register", {"email": email, "password": password, "name": f"Fan {i}"})
+            tokens = await post(s, f"{api}/auth/login", {"email": email, "password": password})
+        users.append({"email": email, "headers": {"Authorization": f"Bearer {tokens['access_token']}"}})
+        if len(users) % 500 == 0 or len(users) == n:
+            rate = len(users) / (time.perf_counter() - started)
+            say(f"  registered {len(users)}/{n} users ({rate:.0f}/s)")
+
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return users
+
+
+async def setup_drop(s: aiohttp.ClientSession, api: str, owner: dict[str, Any], store: dict[str, Any],
+                     product_id: str, name: str, slots: int, seats: int) -> list[str]:
+    h = owner["headers"]
+    now = datetime.now(UTC)
+    drop = await post(s, f"{api}/stores/{store['id']}/drops", {
+        "product_id": product_id, "name": name, "starts_at": now.isoformat(),
+        "ends_at": (now + timedelta(hours=12)).isoformat(), "reservation_rule": {"max_per_user": 1},
+    }, h)
+    published = await post(s, f"{api}/drops/{drop['id']}/publish", None, h)
+    assert published["status"] == "LIVE", published
+    first = now + timedelta(hours=2)
+    ids = []
+    for i in range(slots):
+        start = first + timedelta(minutes=30 * i)
+        slot = await post(s, f"{api}/drops/{drop['id']}/slots", {
+            "start_time": start.isoformat(), "end_time": (start + timedelta(minutes=30)).isoformat(),
+            "capacity_total": seats,
+        }, h)
+        ids.append(slot["id"])
+    for sid in ids:  # the drop's LIVE event reaches booking asynchronously
+        for _ in range(200):
+            async with s.get(f"{api}/slots/{sid}") as r:
+                if (await r.json())["sellable"]:
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError(f"slot {sid} never became sellable")
+    return ids
+
+
+# --- the storm ------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    started: float
+    ended: float
+    status: int
+    kind: str
+    body: dict[str, Any] | None = None
+
+    @property
+    def latency_ms(self) -> float:
+        return 1000 * (self.ended - self.started)
+
+
+@dataclass
+class Phase:
+    name: str
+    seats: int
+    results: list[Result] = field(default_factory=list)
+    t0: float = 0.0
+    t1: float = 0.0
+
+
+async def storm(api: str, users: list[dict[str, Any]], slot_ids: list[str], concurrency: int, phase: Phase) -> None:
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, keepalive_timeout=60)
+    timeout = aiohttp.ClientTimeout(total=60)
+    order = list(users)
+    random.shuffle(order)
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for u in order:
+        queue.put_nowait(u)
+    total = len(order)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
+        # Open the keep-alive connections first, as a crowd of waiting browsers would have them.
+        await asyncio.gather(*(s.get(api.rsplit("/api/v1", 1)[0] + "/health") for _ in range(concurrency)))
+
+        async def worker() -> None:
+            while True:
+                try:
+                    u = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                slot = slot_ids[0] if len(slot_ids) == 1 else random.choice(slot_ids)
+                headers = {**u["headers"], "Idempotency-Key": uuid.uuid4().hex}
+                t = time.perf_counter()
+                try:
+                    async with s.post(f"{api}/reservations", json={"slot_id": slot}, headers=headers) as r:
+                        data = await r.read()
+                        status = r.status
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    phase.results.append(Result(t, time.perf_counter(), 0, type(exc).__name__))
+                    continue
+                end = time.perf_counter()
+                body = json.loads(data) if data else {}
+                kind = "accepted" if status == 201 else str(body.get("type", status)).rsplit("/", 1)[-1]
+                phase.results.append(Result(t, end, status, kind, body if status == 201 else None))
+
+        async def progress() -> None:
+            while True:
+                await asyncio.sleep(1.0)
+                done = len(phase.results)
+                ok = sum(1 for r in phase.results if r.status == 201)
+                say(f"  {phase.name}: {done}/{total} answered, {ok}/{phase.seats} seats taken")
+
+        ticker = asyncio.create_task(progress())
+        phase.t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        phase.t1 = time.perf_counter()
+        ticker.cancel()
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    k = min(len(values) - 1, max(0, int(round(p / 100 * (len(values) - 1)))))
+    return values[k]
+
+
+def summarize(phase: Phase) -> dict[str, Any]:
+    acc = [r for r in phase.results if r.status == 201]
+    ref = [r for r in phase.results if r.status != 201]
+    sold_out_at = max((r.ended for r in acc), default=phase.t0)
+    after = [r for r in ref if r.started >= sold_out_at]
+    kinds: dict[str, int] = {}
+    for r in phase.results:
+        kinds[r.kind] = kinds.get(r.kind, 0) + 1
+    sell_time = sold_out_at - phase.t0
+    refused_window = phase.t1 - sold_out_at
+    return {
+        "phase": phase.name,
+        "requests": len(phase.results),
+        "accepted": len(acc),
+        "seats": phase.seats,
+        "outcomes": kinds,
+        "time_to_sell_out_s": round(sell_time, 3),
+        "accepted_per_s": round(len(acc) / sell_time, 1) if sell_time > 0 else None,
+        "accepted_ms": {f"p{p}": round(pct([r.latency_ms for r in acc], p), 1) for p in (50, 95, 99)},
+        "refused_ms": {f"p{p}": round(pct([r.latency_ms for r in ref], p), 1) for p in (50, 95, 99)},
+        "refused_after_sell_out": len(after),
+        "refused_per_s_after_sell_out": round(len(after) / refused_window, 1) if refused_window > 0.2 and after else None,
+        "total_s": round(phase.t1 - phase.t0, 3),
+        "accepted_ids": [r.body["id"] for r in acc if r.body],
+    }
+
+
+# --- checks against the database ------------------------------------------------------------------
+async def check_db(settings: Any, slot_ids: list[str], accepted_ids: list[str]) -> dict[str, Any]:
+    from dropslot_booking.adapters.invariants import INVARIANT_SQL
+
+    conn = await asyncpg.connect(settings.model_copy(update={"service": "booking"}).plain_service_dsn(),
+                                 server_settings={"search_path": "booking"})
+    try:
+        await conn.execute("SELECT set_config('dropslot.scope', 'all', false)")
+        rows = await conn.fetch(
+            """SELECT s.id, s.capacity_total, (SELECT count(*) FROM reservations r WHERE r.slot_id = s.id
+                      AND r.state IN ('PENDING', 'CONFIRMED', 'CHECKED_IN')) AS active
+               FROM slots s WHERE s.id = ANY($1::uuid[])""",
+            [uuid.UUID(s) for s in slot_ids],
+        )
+        oversold = sum(max(0, r["active"] - r["capacity_total"]) for r in rows)
+        found = await conn.fetchval(
+            "SELECT count(*) FROM reservations WHERE id = ANY($1::uuid[]) AND state = 'CONFIRMED'",
+            [uuid.UUID(i) for i in accepted_ids],
+        )
+        problems = await conn.fetch(INVARIANT_SQL.replace(":slot", "NULL"))
+        return {"oversold": oversold, "missing": len(accepted_ids) - int(found),
+                "invariant_violations": [p["problem"] for p in problems]}
+    finally:
+        await conn.close()
+
+
+# --- the database's own ceiling --------------------------------------------------------------------
+async def db_ceiling(settings: Any, owner_drop_slot: str, seconds: float, levels: list[int]) -> dict[str, Any]:
+    """`booking.reserve_seats` with ONE request per transaction (the hot path without batching),
+    looped on one hot slot from asyncpg, with realistic arguments (an idempotency key, the 201 body,
+    two outbox events of the same size as the real ones)."""
+    from dropslot_booking.adapters.hotpath import RESERVE, Outbox, Seat, reserve_args
+
+    dsn = settings.model_copy(update={"service": "booking"}).plain_service_dsn()
+    slot_id = uuid.UUID(owner_drop_slot)
+    template = json.dumps({"id": str(uuid.uuid4()), "type": "booking.reservation.created", "version": 1,
+                           "producer": "booking", "data": {"reservation": {"x": "y" * 900}}})
+    out: dict[str, Any] = {}
+    for n in levels:
+        conns = [await asyncpg.connect(dsn, server_settings={"search_path": "booking"}) for _ in range(n)]
+        done = 0
+        stop = time.perf_counter() + seconds
+
+        async def loop(conn: asyncpg.Connection, stop: float = stop) -> None:
+            nonlocal done
+            while time.perf_counter() < stop:
+                rid = uuid.uuid4()
+                seat = Seat(id=rid, user_id=uuid.uuid4(), key=uuid.uuid4().hex, fingerprint="f" * 32,
+                            response=template, state="CONFIRMED", expires_at=None, confirmed_at=datetime.now(UTC),
+                            note=None, token="t" * 375, qr_code_url="http://x/qr.svg", amount_cents=0,
+                            currency="EUR", requires_payment=False,
+                            outbox=[Outbox(uuid.uuid4(), "booking.reservation.created", template, None),
+                                    Outbox(uuid.uuid4(), "booking.reservation.confirmed", template, None)])
+                rows = await conn.fetch(RESERVE, *reserve_args(slot_id, datetime.now(UTC), [seat]))
+                if rows[0]["r_outcome"] != "ok":
+                    raise RuntimeError(f"ceiling loop refused: {rows[0]['r_outcome']}")
+                done += 1
+
+        t = time.perf_counter()
+        await asyncio.gather(*(loop(c) for c in conns))
+        elapsed = time.perf_counter() - t
+        for c in conns:
+            await c.close()
+        out[n] = round(done / elapsed, 1)
+        say(f"  database ceiling with {n} connection(s): {out[n]:.0f} reservations/s")
+    return {"per_connections": out, "best": max(out.values())}
+
+
+def peak_rss(system: Any) -> dict[str, float]:
+    rss = {}
+    for proc in system.procs:
+        if proc.popen is None:
+            continue
+        try:
+            for line in Path(f"/proc/{proc.popen.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    rss[proc.name] = round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            continue
+    return rss
+
+
+async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> dict[str, Any]:
+    api = running.api
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120),
+                                     connector=aiohttp.TCPConnector(limit=64)) as s:
+        say(f"registering {args.users} users + 1 owner through identity ({args.register_parallel} at a time)")
+        t = time.perf_counter()
+        users = await register(s, api, args.users + 1, args.register_parallel)
+        say(f"registered in {time.perf_counter() - t:.1f}s")
+        owner, users = users[0], users[1:]
+        store = await post(s, f"{api}/stores", {"name": "Storm Shop", "slug": f"storm-{uuid.uuid4().hex[:8]}"},
+                           owner["headers"])
+        product = await post(s, f"{api}/stores/{store['id']}/products", {
+            "name": "Limited sneaker", "sku": f"sneaker-{uuid.uuid4().hex[:6]}", "price_cents": 0, "currency": "EUR",
+        }, owner["headers"])
+        say("creating drops and slots through catalog and booking")
+        hot = await setup_drop(s, api, owner, store, product["id"], "Hot slot", 1, args.hot_seats)
+        spread = await setup_drop(s, api, owner, store, product["id"], "Twenty slots", args.slots, args.slot_seats)
+        ceiling_slot = await setup_drop(s, api, owner, store, product["id"], "Ceiling", 1, 1_000_000)
+
+    report: dict[str, Any] = {"users": args.users, "concurrency": args.concurrency, "replicas": args.replicas,
+                              "batching": args.batching, "phases": []}
+    for name, slot_ids, seats in (("hot slot", hot, args.hot_seats),
+                                  (f"{args.slots} slots", spread, args.slots * args.slot_seats)):
+        phase = Phase(name, seats)
+        say(f"storm '{name}': {len(users)} users at {args.concurrency} connections for {seats} seats")
+        await storm(api, users, slot_ids, args.concurrency, phase)
+        summary = summarize(phase)
+        checks = await check_db(settings, slot_ids, summary["accepted_ids"])
+        summary.update(checks)
+        summary.pop("accepted_ids")
+        report["phases"].append(summary)
+        say(f"  done: {summary['accepted']} accepted at {summary['accepted_per_s']}/s, "
+            f"{summary['refused_per_s_after_sell_out']}/s refused after sell-out, oversold {checks['oversold']}, "
+            f"missing {checks['missing']}")
+        await asyncio.sleep(2)  # let the outbox relay drain before the next phase
+
+    report["ceiling_slot"] = ceiling_slot[0]
+    return report
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print("\n" + "=" * 78)
+    print(f"DROP STORM  users={r['users']}  connections={r['concurrency']}  booking replicas={r['replicas']}  "
+          f"group commit={'on' if r['batching'] else 'off'}")
+    for p in r["phases"]:
+        print(f"\n-- {p['phase']}: {p['requests']} requests for {p['seats']} seats")
+        print(f"   accepted                   {p['accepted']}  ({p['accepted_per_s']}/s until sold out)")
+        print(f"   time to sell out           {p['time_to_sell_out_s']} s")
+        print(f"   accepted latency p50/95/99 {p['accepted_ms']['p50']} / {p['accepted_ms']['p95']} / "
+              f"{p['accepted_ms']['p99']} ms")
+        print(f"   refused latency p50/95/99  {p['refused_ms']['p50']} / {p['refused_ms']['p95']} / "
+              f"{p['refused_ms']['p99']} ms")
+        print(f"   refused after sell-out     {p['refused_after_sell_out']}  ({p['refused_per_s_after_sell_out']}/s)")
+        print(f"   outcomes                   {p['outcomes']}")
+        print(f"   oversold {p['oversold']}   accepted-but-missing {p['missing']}   "
+              f"invariant violations {len(p['invariant_violations'])}")
+    c = r["db_ceiling"]
+    print(f"\n-- database ceiling (one reservation per transaction, one hot row): {c['best']}/s "
+          f"{c['per_connections']}")
+    print(f"   hot slot through the gateway / database ceiling = {r['hot_slot_vs_db_ceiling']}")
+    print("\n-- peak RSS (MB): " + ", ".join(f"{k} {v}" for k, v in sorted(r["peak_rss_mb"].items())))
+    print("=" * 78)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="drop_storm", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=5000)
+    parser.add_argument("--concurrency", type=int, default=256)
+    parser.add_argument("--hot-seats", type=int, default=1000)
+    parser.add_argument("--slots", type=int, default=20)
+    parser.add_argument("--slot-seats", type=int, default=50)
+    parser.add_argument("--replicas", type=int, default=2)
+    parser.add_argument("--no-batching", dest="batching", action="store_false",
+                        help="one transaction per reservation (group commit off)")
+    parser.add_argument("--register-parallel", type=int, default=16)
+    parser.add_argument("--real-argon2", action="store_true", help="keep identity's production argon2 cost")
+    parser.add_argument("--ceiling-seconds", type=float, default=4.0)
+    parser.add_argument("--ceiling-levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--json", type=Path, help="also write the report here")
+    args = parser.parse_args()
+
+    from dropslot_kit.testing import drop_test_resources
+
+    running, settings, _ = start(args)
+    try:
+        try:
+            report = asyncio.run(main_async(args, running, settings))
+            report["peak_rss_mb"] = peak_rss(running.system)
+        finally:
+            say("stopping the system")
+            running.system.stop()
+        # Measured with the system stopped: the database alone, nothing else competing for the CPU.
+        say(f"database ceiling: one reservation per transaction on one hot row, {args.ceiling_seconds:.0f}s per level")
+        report["db_ceiling"] = asyncio.run(
+            db_ceiling(settings, report.pop("ceiling_slot"), args.ceiling_seconds, args.ceiling_levels))
+        hot_rate = report["phases"][0]["accepted_per_s"] or 0.0
+        report["hot_slot_vs_db_ceiling"] = round(hot_rate / report["db_ceiling"]["best"], 2)
+    finally:
+        with contextlib.suppress(Exception):
+            drop_test_resources(settings)
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    ok = all(p["oversold"] == 0 and p["missing"] == 0 and not p["invariant_violations"] for p in report["phases"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
