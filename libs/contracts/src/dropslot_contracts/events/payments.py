@@ -62,4 +62,4 @@ class PaymentRefunded(PaymentEvent):
     refunded_cents: int  # this refund
     total_refunded_cents: int
     refund_id: uuid.UUID | None = None
-    reason: str | None = None  # store_owner | reservation_cancelled | seat_lost ...
+    reason: str | None = None  # store_owner | reservation_cancelled | refund_requested

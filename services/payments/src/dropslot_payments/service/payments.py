@@ -179,7 +179,9 @@ async def decide(uow: UnitOfWork, p: PaymentRow, cause: str) -> None:
             await repo.enqueue_op(uow.conn, p.id, "cancel", cause=cause)
         case Command.REFUND_REMAINING:
             amount = p.captured_cents - max(p.refunded_cents, ledger)
-            reason = "seat_lost" if p.refund_requested else "reservation_cancelled"
+            # booking.refund.requested (a late payment: seat lost, or reservation cancelled meanwhile)
+            # or a cancellation with refund=True.
+            reason = "refund_requested" if p.refund_requested else "reservation_cancelled"
             refund = await repo.insert_refund(uow.conn, payment_id=p.id, tenant_key=p.tenant_key,
                                               amount_cents=amount, reason=reason, requested_by=None)
             await repo.enqueue_op(uow.conn, p.id, "refund", refund_id=refund.id, cause=cause)
