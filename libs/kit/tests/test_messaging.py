@@ -254,3 +254,46 @@ async def test_events_written_while_broker_is_unreachable_are_published_when_it_
 async def _has(h: Harness, *names: str) -> bool:
     effects = await h.effects()
     return all(n in effects for n in names)
+
+
+async def test_ready_is_a_503_problem_naming_what_is_down(test_settings):
+    """A service whose broker link is cut says so on /ready instead of failing the check itself."""
+    from urllib.parse import urlsplit
+
+    import httpx
+    from dropslot_kit.app import create_service_app
+
+    target = urlsplit(test_settings.rabbit_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5672)
+    await proxy.start()
+    settings = test_settings.model_copy(update={"service": "audit", "rabbit_url": f"amqp://guest:guest@127.0.0.1:{proxy.port}/"})
+    consumers = EventConsumers("audit")
+
+    @consumers.on("catalog.store.*", name=f"ready_{uuid.uuid4().hex[:6]}")
+    async def noop(env, uow) -> None:
+        return None
+
+    app = create_service_app(settings, title="probe", consumers=consumers)
+    try:
+        async with app.router.lifespan_context(app):
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://probe")
+            assert (await client.get("/ready")).status_code == 200
+            await proxy.stop()
+
+            async def not_ready():
+                r = await client.get("/ready")
+                return r if r.status_code == 503 else None
+
+            r = await eventually(not_ready, timeout=20, what="/ready to turn 503")
+            body = r.json()
+            assert r.headers["content-type"] == "application/problem+json"
+            assert body["status"] == 503 and body["state"] == "not-ready"
+            assert body["checks"]["broker"] != "ok" or "detached" in body["checks"]["consumers"].values()
+            await proxy.start()
+            await eventually(lambda: _ok(client), timeout=40, what="/ready to recover")
+    finally:
+        await proxy.stop()
+
+
+async def _ok(client) -> bool:
+    return (await client.get("/ready")).status_code == 200

@@ -212,7 +212,9 @@ def _ready(rt: ServiceRuntime) -> Callable[[], Awaitable[Response]]:
         body = {"status": "ready" if ok else "not-ready", "service": rt.settings.service, "checks": checks}
         if ok:
             return JSONResponse(body)
-        return problem_response(503, "not-ready", "Service not ready", **body)
+        # problem+json's `status` is the HTTP code; the readiness verdict travels as `state`.
+        return problem_response(503, "not-ready", "Service not ready", service=rt.settings.service,
+                                state="not-ready", checks=checks)
 
     return ready
 
