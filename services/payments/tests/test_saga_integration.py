@@ -412,3 +412,30 @@ async def test_housekeeping_forgets_finished_work_only(pay: Harness) -> None:
     assert [row.dedup_key for row in left] == ["old-pending"]
     recent = await pay.query("SELECT count(*) AS n FROM payment_ops WHERE payment_id = :p AND status = 'done'", p=pid)
     assert recent[0].n > 0  # this week's finished ops are kept
+
+
+async def test_row_level_security_scopes_payments_to_a_tenant(pay: Harness) -> None:
+    """As the service's own role: no tenant set, nothing visible; a tenant, only its rows."""
+    from sqlalchemy import text
+
+    a, b = await pay.reserve(), await pay.reserve()
+    await pay.payment_of(a)
+    await pay.payment_of(b)
+
+    async def visible(scope: str | None) -> set[str]:
+        async with pay.engine.connect() as conn:
+            if scope is not None:
+                await conn.execute(text("SELECT set_config('dropslot.tenant', :t, false)"), {"t": scope})
+            rows = await conn.execute(text("SELECT reservation_id FROM payments WHERE reservation_id = ANY(:r)"),
+                                      {"r": [a.reservation_id, b.reservation_id]})
+            return {str(r.reservation_id) for r in rows}
+
+    assert await visible(None) == set()
+    assert await visible(a.tenant_key) == {str(a.reservation_id)}
+    assert await visible("*") == {str(a.reservation_id), str(b.reservation_id)}
+    async with pay.engine.connect() as conn:
+        await conn.execute(text("SELECT set_config('dropslot.tenant', :t, false)"), {"t": a.tenant_key})
+        moved = await conn.execute(text("UPDATE payments SET status = 'canceled' WHERE reservation_id = :r"),
+                                   {"r": b.reservation_id})
+        assert moved.rowcount == 0
+        await conn.rollback()
