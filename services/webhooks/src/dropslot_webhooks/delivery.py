@@ -29,6 +29,7 @@ import asyncpg
 from dropslot_contracts.events.webhooks import EndpointDisabled
 from dropslot_kit import telemetry
 from dropslot_kit.db import Database
+from sqlalchemy.exc import SQLAlchemyError
 
 from .adapters import repository as repo
 from .adapters.http import AttemptResult, Sender
@@ -42,6 +43,7 @@ from .service import redact_url
 log = logging.getLogger("dropslot.webhooks.delivery")
 CHANNEL = "webhooks_deliveries"
 RECORD_BATCH = 200
+RECORD_RETRIES = 8
 
 
 @dataclass
@@ -82,7 +84,14 @@ class DeliveryWorker:
                 free = self.settings.webhooks_max_inflight - len(self._inflight)
                 claimed = 0
                 if free > 0:
-                    jobs = await self.claim(free)
+                    try:
+                        jobs = await self.claim(free)
+                    except (OSError, SQLAlchemyError, asyncpg.PostgresError) as exc:
+                        # The database is away: keep what is in flight (its outcomes wait in the
+                        # recorder) and try again shortly, rather than crash and drop it all.
+                        log.warning("webhooks: cannot claim deliveries (%r); retrying", exc)
+                        await asyncio.sleep(1.0)
+                        continue
                     claimed = len(jobs)
                     for job in jobs:
                         task = asyncio.create_task(self._deliver(job))
@@ -183,17 +192,25 @@ class DeliveryWorker:
             batch = [await self._outcomes.get()]
             while len(batch) < RECORD_BATCH and not self._outcomes.empty():
                 batch.append(self._outcomes.get_nowait())
-            try:
-                await self.record(batch)
-            except Exception as exc:  # the database hiccuped: these leases lapse and are retried
-                log.exception("webhooks: could not record %d outcomes", len(batch))
-                for o in batch:
-                    if not o.done.done():
-                        o.done.set_exception(exc)
-            else:
-                for o in batch:
-                    if not o.done.done():
-                        o.done.set_result(None)
+            error: Exception | None = None
+            for attempt in range(RECORD_RETRIES):
+                try:
+                    await self.record(batch)
+                    error = None
+                    break
+                except (OSError, SQLAlchemyError, asyncpg.PostgresError) as exc:
+                    # The attempts happened: try hard to write them, or their leases lapse and
+                    # the events are sent again (same webhook-id, but still a repeat).
+                    error = exc
+                    log.warning("webhooks: could not record %d outcomes (%r), try %d", len(batch), exc, attempt + 1)
+                    await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+            for o in batch:
+                if o.done.done():
+                    continue
+                if error is None:
+                    o.done.set_result(None)
+                else:
+                    o.done.set_exception(error)
 
     def _plan(self, o: Outcome) -> tuple[str, datetime | None]:
         """(delivery status, next attempt) after this outcome."""

@@ -368,9 +368,10 @@ class Webhooks:
                 raise InvalidField("cursor", "not a cursor from this list") from None
         async with self.db.uow() as uow:
             await self._authorize_endpoint(uow, principal, endpoint_id, store_id)
-            if await repo.get_event(uow.conn, endpoint_id, delivery_id) is None:
+            delivery = await repo.get_event(uow.conn, endpoint_id, delivery_id)
+            if delivery is None:
                 raise DeliveryNotFound()
-            rows = await repo.list_attempts(uow.conn, delivery_id, limit + 1, after)
+            rows = await repo.list_attempts(uow.conn, delivery["id"], limit + 1, after)
         page, more = rows[:limit], len(rows) > limit
         next_cursor = encode_cursor(page[-1]["id"]) if more else None
         return {"items": [attempt_view(r) for r in page], "next_cursor": next_cursor}

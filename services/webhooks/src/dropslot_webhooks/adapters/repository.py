@@ -176,9 +176,14 @@ async def list_events(
     )
 
 
-async def get_event(conn: AsyncConnection, endpoint_id: uuid.UUID, event_id: uuid.UUID) -> Row | None:
-    return await _one(conn, f"SELECT {EVENT_COLUMNS} FROM webhook_events WHERE id = :i AND endpoint_id = :e",
-                      {"i": event_id, "e": endpoint_id})
+# A delivery is addressed by its own id (the webhook-id receivers see) or by the id of the event
+# it carries: both are unique within an endpoint.
+_BY_ID = "endpoint_id = :e AND (id = :i OR event_id = :i)"
+
+
+async def get_event(conn: AsyncConnection, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> Row | None:
+    return await _one(conn, f"SELECT {EVENT_COLUMNS} FROM webhook_events WHERE {_BY_ID} LIMIT 1",
+                      {"i": delivery_id, "e": endpoint_id})
 
 
 async def list_attempts(conn: AsyncConnection, delivery_id: uuid.UUID, limit: int, after_id: int | None) -> list[Row]:
@@ -200,7 +205,7 @@ _REQUEUE = (
 async def requeue_event(conn: AsyncConnection, endpoint_id: uuid.UUID, delivery_id: uuid.UUID) -> Row | None:
     row = await _one(
         conn,
-        f"UPDATE webhook_events SET {_REQUEUE} WHERE id = :i AND endpoint_id = :e RETURNING {EVENT_COLUMNS}",
+        f"UPDATE webhook_events SET {_REQUEUE} WHERE {_BY_ID} RETURNING {EVENT_COLUMNS}",
         {"i": delivery_id, "e": endpoint_id},
     )
     await notify_workers(conn)
