@@ -92,7 +92,8 @@ signed `Sandbox-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<body>")>` 
 retried with backoff until a 2xx; pending ones survive restarts. Chaos on purpose:
 `DROPSLOT_PAYMENTS_SANDBOX_DUPLICATE_RATE` (0.0-1.0: share of callbacks sent twice) and
 `DROPSLOT_PAYMENTS_SANDBOX_SHUFFLE=true` (random order within
-`DROPSLOT_PAYMENTS_SANDBOX_SHUFFLE_WINDOW_SECONDS`). `DROPSLOT_PAYMENTS_SANDBOX_ENABLED=false`
+`DROPSLOT_PAYMENTS_SANDBOX_SHUFFLE_WINDOW_SECONDS`), `DROPSLOT_PAYMENTS_SANDBOX_DROP_RATE` (share of
+callbacks never sent: reconciliation repairs them). `DROPSLOT_PAYMENTS_SANDBOX_ENABLED=false`
 turns it off.
 
 Switching on Stripe

@@ -29,6 +29,8 @@ class Settings(KitSettings):
     payments_sandbox_callback_delay_seconds: float = 0.5
     # Chaos a real provider shows: a share of callbacks sent twice, and delivery in random order.
     payments_sandbox_duplicate_rate: float = 0.0
+    # ...and a share of callbacks never sent at all (reconciliation must repair those).
+    payments_sandbox_drop_rate: float = 0.0
     payments_sandbox_shuffle: bool = False
     payments_sandbox_shuffle_window_seconds: float = 1.0
     # How long a card authorization stays `processing` (the "slow" test card: much longer).

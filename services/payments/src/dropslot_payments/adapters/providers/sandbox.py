@@ -10,9 +10,10 @@ to it only through the provider interface and learns about changes from its call
   (HMAC-SHA256, Stripe's scheme) with `DROPSLOT_PAYMENTS_SANDBOX_WEBHOOK_SECRET`;
 - delivery is a loop over `sandbox_callbacks` (claimed with SKIP LOCKED, retried with
   backoff until a 2xx), so pending callbacks survive a restart;
-- `DROPSLOT_PAYMENTS_SANDBOX_DUPLICATE_RATE` sends that share of callbacks twice and
-  `DROPSLOT_PAYMENTS_SANDBOX_SHUFFLE` delivers them in random order, as real providers
-  sometimes do; `..._CALLBACK_DELAY_SECONDS` delays every callback;
+- `DROPSLOT_PAYMENTS_SANDBOX_DUPLICATE_RATE` sends that share of callbacks twice,
+  `DROPSLOT_PAYMENTS_SANDBOX_SHUFFLE` delivers them in random order and
+  `DROPSLOT_PAYMENTS_SANDBOX_DROP_RATE` loses that share, as real providers sometimes do;
+  `..._CALLBACK_DELAY_SECONDS` delays every callback;
 - a second loop settles `processing` authorizations when their time comes.
 """
 
@@ -410,10 +411,11 @@ class SandboxProvider:
             delays = [s.payments_sandbox_callback_delay_seconds]
             if s.payments_sandbox_duplicate_rate > 0 and random.random() < s.payments_sandbox_duplicate_rate:
                 delays.append(s.payments_sandbox_callback_delay_seconds)
+            dropped = s.payments_sandbox_drop_rate > 0 and random.random() < s.payments_sandbox_drop_rate
             for delay in delays:
                 if s.payments_sandbox_shuffle:
                     delay += random.uniform(0, s.payments_sandbox_shuffle_window_seconds)
                 await conn.execute(text(
                     "INSERT INTO sandbox_callbacks (event_id, due_at, lost)"
                     " VALUES (:e, now() + make_interval(secs => :d), :lost)"),
-                    {"e": event_id, "d": delay, "lost": intent.callbacks_lost})
+                    {"e": event_id, "d": delay, "lost": intent.callbacks_lost or dropped})
