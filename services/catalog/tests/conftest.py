@@ -70,8 +70,11 @@ async def issuer() -> AsyncIterator[TokenIssuer]:
 @pytest.fixture(scope="session")
 def catalog_settings(test_settings: Any, issuer: TokenIssuer) -> Settings:
     base = test_settings.model_dump(exclude={"service"})
+    # This app and the `system`'s catalog are two replicas of one catalog (same database,
+    # broker namespace and cache keys), so their queue declarations must agree: the retry
+    # delays are those `dropslot_kit.testing.start_system` gives the system.
     return Settings(**{**base, "jwks_url": issuer.url, "catalog_scheduler_tick_seconds": 0.2,
-                       "log_json": False, "log_level": "WARNING"})
+                       "retry_delays_ms": [200, 500, 1000], "log_json": False, "log_level": "WARNING"})
 
 
 @pytest.fixture(scope="session")

@@ -22,10 +22,9 @@ from .conftest import iso
 
 
 @pytest.fixture
-async def db(catalog_settings):
-    database = Database(catalog_settings)
-    yield database
-    await database.dispose()
+def db(catalog_app) -> Database:
+    """The catalog app's own pool: its role, its settings (and no extra connections)."""
+    return catalog_app.state.rt.db  # type: ignore[no-any-return]
 
 
 async def _tenant_of(db: Database, store_id: str) -> str:
@@ -121,7 +120,7 @@ async def test_public_queries_and_the_scheduler_use_their_indexes(db):
 
 
 async def test_replicas_racing_for_due_drops_move_each_once(direct_api, catalog_settings, events):
-    """Four extra schedulers (own pools, like replicas) hammer the same due drop alongside
+    """Three extra schedulers (own pools, like replicas) hammer the same due drop alongside
     the app's own: it goes LIVE once and ENDED once, with one event each."""
     owner, store, _, product = await direct_api.shop()
     t0 = datetime.now(UTC)
@@ -130,9 +129,10 @@ async def test_replicas_racing_for_due_drops_move_each_once(direct_api, catalog_
                                  reservation_rule={"opens_at": iso(t0 + timedelta(seconds=1.5))})
     assert (await direct_api.publish(owner, drop))["status"] == "SCHEDULED"
 
-    replicas = [SimpleNamespace(db=Database(catalog_settings), settings=catalog_settings, extras={
-        "cache": PublicCache(catalog_settings.redis_url, catalog_settings.broker_namespace, ttl_seconds=60)})
-        for _ in range(4)]
+    small = catalog_settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0})
+    replicas = [SimpleNamespace(db=Database(small), settings=small, extras={
+        "cache": PublicCache(small.redis_url, small.broker_namespace, ttl_seconds=60)})
+        for _ in range(3)]
 
     async def hammer(rt) -> int:
         moved, deadline = 0, time.monotonic() + 5
