@@ -4,6 +4,7 @@ Booking is played through the real broker (see conftest.py)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 
 import pytest
@@ -116,3 +117,25 @@ async def test_stripe_outage_is_retried(stripe_pay: tuple[Harness, FakeStripe]) 
                and k == f"{r.reservation_id}:create"]
     assert len(creates) >= 2  # retried with the same key
     assert len([i for i in fake.intents.values() if i["metadata"].get("reservation_id") == str(r.reservation_id)]) == 1
+
+
+async def test_an_intent_the_provider_no_longer_knows_fails_the_op_not_the_payment(
+        stripe_pay: tuple[Harness, FakeStripe]) -> None:
+    pay, fake = stripe_pay
+    r = await pay.reserve(amount_cents=300)
+    p = await pay.payment_of(r)
+    intent = intent_id_of(p)
+    fake.intents.pop(intent)  # e.g. created under another Stripe account
+    body = (b'{"id":"evt_gone_' + intent.encode() + b'","object":"event","type":"payment_intent.processing",'
+            b'"data":{"object":{"id":"' + intent.encode() + b'","object":"payment_intent"}}}')
+    r2 = await pay.client.post("/api/v1/payments/providers/stripe/webhook", content=body,
+                               headers={"Stripe-Signature": stripe_signature(SECRET, body)})
+    assert r2.status_code == 200
+
+    async def failed_op() -> bool:
+        rows = await pay.query("SELECT status, last_error FROM payment_ops WHERE payment_id = :p AND kind = 'sync'",
+                               p=uuid.UUID(p["id"]))
+        return any(row.status == "failed" and "No such payment_intent" in (row.last_error or "") for row in rows)
+
+    await eventually(failed_op, timeout=15, what="the sync op failed")
+    assert (await pay.payment_of(r))["status"] == "requires_payment_method"

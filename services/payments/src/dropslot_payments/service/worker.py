@@ -181,6 +181,15 @@ class OpsWorker:
         except ProviderRejected as exc:
             metrics.PROVIDER_CALLS.labels(p.provider, op.kind, "rejected").inc()
             rejected = exc
+        except ProviderStateError as exc:
+            # Even a re-fetch was refused (the provider does not know the intent): retrying the
+            # same call cannot help. Keep the op as failed for an operator; reconciliation asks
+            # again later with a fresh op.
+            metrics.PROVIDER_CALLS.labels(p.provider, op.kind, "state_error").inc()
+            log.error("payment %s: provider %s refused %s: %s", p.id, p.provider, op.kind, exc)
+            async with self.db.engine.begin() as conn:
+                await repo.fail_op(conn, op.id, str(exc))
+            return
         else:
             metrics.PROVIDER_CALLS.labels(p.provider, op.kind, "ok").inc()
         metrics.PROVIDER_LATENCY.labels(p.provider, op.kind).observe(time.perf_counter() - started)
