@@ -122,6 +122,9 @@ async def list_entries(
 async def create_partition(conn: AsyncConnection, month: Month) -> bool:
     """Create the month's partition if it is missing. True when it was created now."""
     name = month.partition
+    # Concurrent creators (the loop, many consumers seeing a new month at once) queue here, and
+    # the later ones find the table, instead of failing on "already exists" and retrying.
+    await conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('dropslot.audit.create_partition'))"))
     exists = await conn.execute(text("SELECT to_regclass(:n) IS NOT NULL"), {"n": name})
     if exists.scalar_one():
         return False
