@@ -172,7 +172,22 @@ async def run(args: argparse.Namespace, api: str) -> dict[str, Any]:
             if len({a[2].get("webhook-id") for a in arrivals}) >= expected:
                 break
             await asyncio.sleep(0.1)
+        # Where the time went: event -> delivery row (broker + fan-out) -> attempt started (claim).
+        log: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = await ok(s, "GET", f"{api}/webhook-endpoints/{ep['id']}/events?limit=200"
+                            + (f"&cursor={cursor}" if cursor else ""), None, owner)
+            log += page["items"]
+            if not (cursor := page["next_cursor"]):
+                break
     await runner.cleanup()
+
+    def ts(v: str) -> float:
+        return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+
+    fan = sorted(ts(e["created_at"]) - ts(e["occurred_at"]) for e in log)
+    claim = sorted(ts(e["last_attempt_at"]) - ts(e["created_at"]) for e in log if e["last_attempt_at"])
 
     verifier = Webhook(ep["secret"])
     lat = []
@@ -193,6 +208,10 @@ async def run(args: argparse.Namespace, api: str) -> dict[str, Any]:
         "storm_seconds": round(t_storm - t0, 2),
         "last_delivery_after_storm_seconds": round(max(a[0] for a in arrivals) - t_storm, 2) if arrivals else None,
         "mean_latency_ms": round(1000 * statistics.mean(lat)) if lat else None,
+        "event_to_delivery_row_ms": {"p50": round(1000 * fan[len(fan) // 2]),
+                                     "p99": round(1000 * fan[int(len(fan) * 0.99) - 1])} if fan else None,
+        "delivery_row_to_attempt_ms": {"p50": round(1000 * claim[len(claim) // 2]),
+                                       "p99": round(1000 * claim[int(len(claim) * 0.99) - 1])} if claim else None,
     }
     return report
 

@@ -169,16 +169,17 @@ async def test_slow_endpoint_does_not_delay_others_and_keeps_its_concurrency_cap
         slow_ep = await harness.endpoint(slow_rx.url)
         fast_ep = await harness.endpoint(fast_rx.url, store_id=uuid.uuid4())
         await harness.fan_out(*(reservation_envelope(harness.store_id) for _ in range(30)))
-        # Two replicas' workers share the work.
-        harness.start_worker(name="w1")
-        harness.start_worker(name="w2")
+        # Two replicas' workers share the work, at most 4 attempts in flight per endpoint.
+        settings = harness.settings.model_copy(update={"webhooks_endpoint_concurrency": 4})
+        harness.start_worker(settings, name="w1")
+        harness.start_worker(settings, name="w2")
         await eventually(lambda: _count(slow_rx, 1), timeout=20, what="slow endpoint busy")
         started = time.monotonic()
         await harness.fan_out(*(reservation_envelope(fast_ep["store_id"]) for _ in range(20)))
         await eventually(lambda: _unique(fast_rx, 20), timeout=20, what="fast endpoint served")
         assert time.monotonic() - started < 2.5  # not stuck behind the slow endpoint's 3 s answers
         await asyncio.sleep(3.5)
-        cap = harness.settings.webhooks_endpoint_concurrency
+        cap = settings.webhooks_endpoint_concurrency
         assert slow_rx.max_inflight == cap  # across both workers, never more
         assert len(slow_rx.requests) <= 3 * cap
         assert Counter(slow_rx.ids()).most_common(1)[0][1] == 1

@@ -36,8 +36,8 @@ class Settings(KitSettings):
     # Delivery workers (one loop per replica): attempts in flight per replica, attempts in flight
     # per endpoint across all replicas (1 while the endpoint is failing), the lease on a claimed
     # delivery (must outlast an attempt), and the polling fallback of the NOTIFY wake-up.
-    webhooks_max_inflight: int = 64
-    webhooks_endpoint_concurrency: int = 16
+    webhooks_max_inflight: int = 256
+    webhooks_endpoint_concurrency: int = 32
     webhooks_lease_seconds: float = 120.0
     webhooks_poll_seconds: float = 0.5
 
