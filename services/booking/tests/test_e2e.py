@@ -15,7 +15,8 @@ from dropslot_booking.adapters.invariants import violations
 from dropslot_kit.db import Database
 from dropslot_kit.testing import create_store, eventually, sign_up
 
-pytestmark = pytest.mark.e2e
+# Signing 500 users up through argon2 takes a while on 2 shared cores.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 
 def slug(r: httpx.Response) -> str:
@@ -32,11 +33,23 @@ async def gather_limited(n: int, coros: list[Any]) -> list[Any]:
     return await asyncio.gather(*(run(c) for c in coros))
 
 
+async def sign_up_patiently(http: httpx.AsyncClient) -> dict[str, Any]:
+    """sign_up, retried while identity (argon2, two hashes at a time) is saturated."""
+    for attempt in range(6):
+        try:
+            return await sign_up(http)
+        except (AssertionError, httpx.TimeoutException):
+            if attempt == 5:
+                raise
+            await asyncio.sleep(1 + attempt)
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture(scope="session")
 async def crowd(system: Any) -> list[dict[str, Any]]:
-    """500 signed-up users (argon2 makes this the slow part: ~40 s on 2 cores)."""
+    """500 signed-up users (argon2 makes this the slow part: about a minute on 2 cores)."""
     async with httpx.AsyncClient(base_url=system.api, timeout=60) as http:
-        return list(await gather_limited(24, [sign_up(http) for _ in range(500)]))
+        return list(await gather_limited(6, [sign_up_patiently(http) for _ in range(500)]))
 
 
 @pytest.fixture(scope="session")
@@ -101,7 +114,8 @@ async def test_500_users_race_for_50_seats(http: httpx.AsyncClient, crowd: list[
         for u in crowd
     ))
     codes = [r.status_code for r in results]
-    assert codes.count(201) == 50 and codes.count(409) == 450, sorted(set(codes))
+    odd = {r.text[:300] for r in results if r.status_code not in (201, 409)}
+    assert codes.count(201) == 50 and codes.count(409) == 450, (sorted(set(codes)), odd)
     assert {slug(r) for r in results if r.status_code == 409} == {"sold-out"}
     assert all(r.json()["waitlist_open"] is True for r in results if r.status_code == 409)
     accepted = {r.json()["id"] for r in results if r.status_code == 201}

@@ -103,12 +103,23 @@ class HotPath:
         self.pool: asyncpg.Pool | None = None
 
     async def start(self) -> None:
-        self.pool = await asyncpg.create_pool(
-            self.settings.plain_service_dsn(),
-            min_size=1,
-            max_size=self.pool_size,
-            server_settings={"search_path": "booking", "application_name": f"dropslot-{self.settings.service}-hot"},
-        )
+        # Every connection is opened up front: a storm must not be the moment the pool grows
+        # (PostgreSQL may have no connection slot left then; with batching a few suffice).
+        for attempt in range(10):
+            try:
+                self.pool = await asyncpg.create_pool(
+                    self.settings.plain_service_dsn(),
+                    min_size=self.pool_size,
+                    max_size=self.pool_size,
+                    server_settings={"search_path": "booking",
+                                     "application_name": f"dropslot-{self.settings.service}-hot"},
+                )
+                return
+            except asyncpg.exceptions.TooManyConnectionsError:
+                if attempt == 9:
+                    raise
+                log.warning("no database connection slot for the reserve pool yet; retrying")
+                await asyncio.sleep(1 + attempt)
 
     async def close(self) -> None:
         if self.pool is not None:

@@ -15,6 +15,7 @@ import logging
 import uuid
 from typing import Any
 
+import asyncpg
 from dropslot_contracts import Actor
 from dropslot_kit import context
 from dropslot_kit.errors import PROBLEM_JSON, InvalidToken, Problem, Unauthorized, problem_body
@@ -36,6 +37,8 @@ class _Route:
 
 
 ROUTE = _Route()
+UNAVAILABLE = (asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.ConnectionDoesNotExistError,
+               asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError, ConnectionError, OSError)
 
 
 class _Invalid(Problem):
@@ -89,6 +92,14 @@ class FastReserve:
             status, ctype = exc.status, PROBLEM_JSON.encode()
             body = json.dumps(exc.body(PATH))
             extra_headers = [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+        except UNAVAILABLE as exc:
+            # The database is unreachable or out of connections: nothing was written (or the
+            # transaction's fate is unknown, which a retry with the same Idempotency-Key settles).
+            log.warning("reserve unavailable: %r", exc)
+            status, ctype = 503, PROBLEM_JSON.encode()
+            body = json.dumps(problem_body(503, "service-unavailable", "Service unavailable",
+                                           "try again in a moment (same Idempotency-Key)"))
+            extra_headers = [(b"retry-after", b"1")]
         except Exception:
             log.exception("unhandled error on POST %s", PATH)
             status, ctype = 500, PROBLEM_JSON.encode()
