@@ -293,6 +293,23 @@ async def test_address_is_checked_again_at_connect_time(harness: Harness) -> Non
         await rx.stop()
 
 
+async def test_postgresql_reads_the_filter_regex_as_python_does(harness: Harness) -> None:
+    from dropslot_contracts import all_events
+    from dropslot_webhooks.domain import filters
+
+    from .test_domain import FILTERS
+
+    types = [c.TYPE for c in all_events()] + ["a.b.c.d", "booking.x.y.created"]
+    async with harness.db.uow() as uow:
+        for patterns in FILTERS:
+            rx = filters.to_regex(patterns)
+            if rx is None:
+                continue
+            rows = await uow.conn.execute(text("SELECT t FROM unnest(CAST(:ts AS text[])) t WHERE ('.' || t) ~ :rx"),
+                                          {"ts": types, "rx": rx})
+            assert sorted(r[0] for r in rows) == sorted(t for t in types if filters.wants(patterns, t)), patterns
+
+
 async def test_rows_are_invisible_without_a_store_scope(harness: Harness) -> None:
     ep = await harness.endpoint("http://127.0.0.1:9/x")
     async with harness.db.uow() as uow:

@@ -147,6 +147,19 @@ def test_what_a_store_can_receive() -> None:
         assert t not in types
 
 
+FILTERS = [[], ["booking.*"], ["booking.reservation.*", "payments.payment.succeeded"], ["*"], ["#.succeeded"],
+           ["catalog.#"], ["*.reservation.created"], ["booking.#.created"], ["booking.reservation.checked_in"]]
+
+
+@pytest.mark.parametrize("patterns", FILTERS)
+def test_the_filter_as_a_regex_agrees_with_wants(patterns: list[str]) -> None:
+    import re
+
+    rx = filters.to_regex(patterns)
+    for t in [*KNOWN, "a.b.c.d", "booking.x.y.created"]:
+        assert (rx is None or re.match(rx, "." + t) is not None) == filters.wants(patterns, t), (patterns, t)
+
+
 def test_normalize_rejects_typos_and_keeps_order() -> None:
     assert filters.normalize(["booking.reservation.*", "payments.*", "booking.reservation.*"], KNOWN) == [
         "booking.reservation.*", "payments.*"]

@@ -32,8 +32,6 @@ from .domain import filters, signing
 from .domain.ssrf import AddressPolicy, UrlNotAllowed, parse_url
 from .errors import DeliveryNotFound, EndpointLimitReached, EndpointNotFound, InvalidField, UrlNotAllowedProblem
 
-# A stable webhook id per (endpoint, event): a redelivered or re-fanned event maps to the same id.
-DELIVERY_NAMESPACE = uuid.UUID("6f2b8d8e-52a4-4c0e-9a77-1f3f0b7c9e10")
 RESOLVE_TIMEOUT = 3.0
 
 
@@ -100,19 +98,8 @@ async def fan_out(env: Envelope, uow: UnitOfWork) -> int:
     store_id = store_of(env)
     if store_id is None:
         return 0
-    await repo.scope_store(uow.conn, store_id)
-    endpoints = await repo.active_endpoint_filters(uow.conn, store_id)
-    targets = [e["id"] for e in endpoints if filters.wants(e["event_types"], env.type)]
-    if not targets:
-        return 0
-    body = delivery_body(env)
-    await repo.insert_deliveries(uow.conn, [
-        {"id": uuid.uuid5(DELIVERY_NAMESPACE, f"{endpoint_id}:{env.id}"), "endpoint_id": endpoint_id,
-         "store_id": store_id, "event_id": env.id, "type": env.type, "payload": body,
-         "occurred_at": env.occurred_at}
-        for endpoint_id in targets
-    ])
-    return len(targets)
+    return await repo.fan_out(uow.conn, store_id=store_id, event_id=env.id, event_type=env.type,
+                              payload=delivery_body(env), occurred_at=env.occurred_at)
 
 
 # --- views ---------------------------------------------------------------------------------------
@@ -242,7 +229,7 @@ class Webhooks:
                 raise EndpointLimitReached(limit=self.settings.webhooks_max_endpoints_per_store)
             row = await repo.insert_endpoint(uow.conn, {
                 "id": endpoint_id, "store_id": store_id, "url": url, "description": data.description,
-                "event_types": event_types, "active": data.active,
+                "event_types": event_types, "event_type_regex": filters.to_regex(event_types), "active": data.active,
                 "secret": self.box.encrypt(secret, endpoint_id), "secret_hint": signing.secret_hint(secret),
                 "created_by": principal.user_id,
             })
@@ -283,6 +270,7 @@ class Webhooks:
             changes["url"] = await self.check_url(changes["url"])
         if "event_types" in changes:
             changes["event_types"] = self.check_event_types(changes["event_types"] or [])
+            changes["event_type_regex"] = filters.to_regex(changes["event_types"])
         if "active" in changes and changes["active"] is None:
             raise InvalidField("active", "active cannot be null")
         async with self.db.uow() as uow:

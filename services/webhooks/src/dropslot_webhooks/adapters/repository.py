@@ -72,8 +72,9 @@ async def count_endpoints(conn: AsyncConnection, store_id: uuid.UUID) -> int:
 async def insert_endpoint(conn: AsyncConnection, values: Row) -> Row:
     row = await _one(
         conn,
-        "INSERT INTO webhook_endpoints (id, store_id, url, description, event_types, active, secret, secret_hint,"
-        " created_by) VALUES (:id, :store_id, :url, :description, :event_types, :active, :secret, :secret_hint,"
+        "INSERT INTO webhook_endpoints (id, store_id, url, description, event_types, event_type_regex, active,"
+        " secret, secret_hint, created_by) VALUES (:id, :store_id, :url, :description, :event_types,"
+        " :event_type_regex, :active, :secret, :secret_hint,"
         f" :created_by) RETURNING {ENDPOINT_COLUMNS}",
         values,
     )
@@ -102,7 +103,7 @@ async def get_endpoint(conn: AsyncConnection, endpoint_id: uuid.UUID, *, for_upd
                       {"e": endpoint_id})
 
 
-UPDATABLE = ("url", "description", "event_types", "active")
+UPDATABLE = ("url", "description", "event_types", "event_type_regex", "active")
 
 
 async def update_endpoint(conn: AsyncConnection, endpoint_id: uuid.UUID, changes: Row) -> Row | None:
@@ -136,22 +137,20 @@ async def delete_endpoint(conn: AsyncConnection, endpoint_id: uuid.UUID) -> Row 
                       {"e": endpoint_id})
 
 
-async def active_endpoint_filters(conn: AsyncConnection, store_id: uuid.UUID) -> list[Row]:
-    return await _all(
-        conn, "SELECT id, event_types FROM webhook_endpoints WHERE store_id = :s AND active", {"s": store_id}
-    )
-
-
 # --- deliveries ----------------------------------------------------------------------------------
-async def insert_deliveries(conn: AsyncConnection, rows: Sequence[Row]) -> None:
-    await conn.execute(
-        text(
-            "INSERT INTO webhook_events (id, endpoint_id, store_id, event_id, type, payload, occurred_at)"
-            " VALUES (:id, :endpoint_id, :store_id, :event_id, :type, :payload, :occurred_at)"
-            " ON CONFLICT (endpoint_id, event_id) DO NOTHING"
-        ),
-        list(rows),
-    )
+_FAN_OUT = text("SELECT fan_out(:store, :event, :type, CAST(:payload AS json), :occurred)")
+
+
+async def fan_out(
+    conn: AsyncConnection, *, store_id: uuid.UUID, event_id: uuid.UUID, event_type: str, payload: str,
+    occurred_at: datetime,
+) -> int:
+    """One delivery per active endpoint of the store whose filter matches, in one round trip
+    (the function in migration webhooks_0003 scopes the transaction to the store, then
+    inserts); a repeat of the same event adds nothing. Returns how many were created."""
+    result = await conn.execute(_FAN_OUT, {"store": store_id, "event": event_id, "type": event_type,
+                                           "payload": payload, "occurred": occurred_at})
+    return int(result.scalar_one())
 
 
 async def list_events(

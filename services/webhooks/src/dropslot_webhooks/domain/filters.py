@@ -88,3 +88,26 @@ def normalize(event_types: Iterable[str], known: Iterable[str]) -> list[str]:
         if p not in out:
             out.append(p)
     return out
+
+
+def _segment_regex(segment: str, last: bool) -> str:
+    # Each piece carries its leading dot; the type is matched as "." + type.
+    if segment == "#":
+        return r"(?:\.[^.]+)*"
+    if segment == "*":
+        return r"(?:\.[^.]+)+" if last else r"\.[^.]+"
+    return r"\." + segment  # segments are [a-z0-9_]: nothing to escape
+
+
+def to_regex(event_types: Iterable[str] | None) -> str | None:
+    """The filter as one regular expression (valid in Python and PostgreSQL), matched against
+    "." + event type, so the database can fan an event out in one statement. None: everything.
+    Must agree with `wants` (tested)."""
+    types = list(event_types or ())
+    if not types:
+        return None
+    alternatives = []
+    for p in types:
+        segs = p.split(".")
+        alternatives.append("".join(_segment_regex(s, i == len(segs) - 1) for i, s in enumerate(segs)))
+    return "^(?:" + "|".join(f"(?:{a})" for a in alternatives) + ")$"
