@@ -161,7 +161,8 @@ def _cancel_reason(p: PaymentRow) -> str:
 
 async def decide(uow: UnitOfWork, p: PaymentRow, cause: str) -> None:
     """Queue the provider call the saga still needs (see domain.payment.next_command)."""
-    ledger = await repo.refund_ledger(uow.conn, p.id)
+    # The refund ledger only matters once money was captured (one query less otherwise).
+    ledger = await repo.refund_ledger(uow.conn, p.id) if p.status in CAPTURED else 0
     command = dom.next_command(p.facts(ledger))
     match command:
         case None:
@@ -227,7 +228,8 @@ async def on_reservation_event(uow: UnitOfWork, env: Envelope, *, provider: str)
         p = await repo.lock_by_reservation(uow.conn, r.reservation_id)
         assert p is not None
     fields: dict[str, object] = {}
-    if p.reservation_event_at is None or env.occurred_at >= p.reservation_event_at:
+    newer = p.reservation_event_at is None or env.occurred_at >= p.reservation_event_at
+    if newer and (state != p.reservation_state or env.occurred_at != p.reservation_event_at):
         fields.update(reservation_state=state, reservation_event_at=env.occurred_at)
         p.reservation_state = state
     if state in (ReservationState.CONFIRMED, ReservationState.CHECKED_IN) and not p.reservation_confirmed:
