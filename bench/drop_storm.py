@@ -326,6 +326,21 @@ async def db_ceiling(settings: Any, owner_drop_slot: str, seconds: float, levels
     return {"per_connections": out, "best": max(out.values())}
 
 
+def cpu_seconds(system: Any) -> dict[str, float]:
+    """User + system CPU seconds each service process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for proc in system.procs:
+        if proc.popen is None:
+            continue
+        try:
+            fields = Path(f"/proc/{proc.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[proc.name] = (int(fields[11]) + int(fields[12])) / tick
+        except OSError:
+            continue
+    return out
+
+
 def peak_rss(system: Any) -> dict[str, float]:
     rss = {}
     for proc in system.procs:
@@ -365,8 +380,13 @@ async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> d
                                   (f"{args.slots} slots", spread, args.slots * args.slot_seats)):
         phase = Phase(name, seats)
         say(f"storm '{name}': {len(users)} users at {args.concurrency} connections for {seats} seats")
+        cpu0, t0 = cpu_seconds(running.system), time.perf_counter()
         await storm(api, users, slot_ids, args.concurrency, phase)
+        cpu1, t1 = cpu_seconds(running.system), time.perf_counter()
         summary = summarize(phase)
+        # Where the two cores went during the storm (per process, in % of one core).
+        summary["cpu_percent"] = {k: round(100 * (cpu1[k] - cpu0.get(k, 0.0)) / (t1 - t0))
+                                  for k in sorted(cpu1)}
         checks = await check_db(settings, slot_ids, summary["accepted_ids"])
         summary.update(checks)
         summary.pop("accepted_ids")
@@ -396,6 +416,7 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"   outcomes                   {p['outcomes']}")
         print(f"   oversold {p['oversold']}   accepted-but-missing {p['missing']}   "
               f"invariant violations {len(p['invariant_violations'])}")
+        print("   CPU % of one core          " + ", ".join(f"{k} {v}" for k, v in p["cpu_percent"].items()))
     c = r["db_ceiling"]
     print(f"\n-- database ceiling (one reservation per transaction, one hot row): {c['best']}/s "
           f"{c['per_connections']}")
