@@ -37,6 +37,12 @@ STORED = (
     " WHERE user_id = $1 AND key = $2"
 )
 
+STORED_MANY = """
+SELECT k.user_id, k.key, k.fingerprint, k.status, k.response::text AS response
+FROM booking.idempotency_keys k JOIN unnest($1::uuid[], $2::text[]) AS q(user_id, key)
+  ON k.user_id = q.user_id AND k.key = q.key
+"""
+
 RESERVE = """
 SELECT r_idx, r_outcome FROM booking.reserve_seats(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
@@ -152,6 +158,51 @@ class HotPath:
         for r in rows:
             outcomes[r["r_idx"] - 1] = r["r_outcome"]
         return outcomes
+
+
+class KeyLookups:
+    """Coalesces the idempotency lookups of refused requests: while one query is in flight, the
+    lookups that arrive wait and share the next one. In a storm thousands of refusals per second
+    each need "did this key already get a 201?"; one round trip answers all that are waiting."""
+
+    def __init__(self, hot: HotPath, *, max_batch: int = 500):
+        self.hot = hot
+        self.max_batch = max_batch
+        self.queue: list[tuple[uuid.UUID, str, asyncio.Future[Any]]] = []
+        self.running = False
+        self.queries = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def get(self, user_id: uuid.UUID, key: str) -> Any:
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.queue.append((user_id, key, fut))
+        if not self.running:
+            self.running = True
+            task = asyncio.create_task(self._drain())
+            self._tasks.add(task)  # the loop only keeps weak references to tasks
+            task.add_done_callback(self._tasks.discard)
+        return await asyncio.shield(fut)
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch = self.queue[: self.max_batch]
+                del self.queue[: self.max_batch]
+                assert self.hot.pool is not None
+                try:
+                    rows = await self.hot.pool.fetch(STORED_MANY, [b[0] for b in batch], [b[1] for b in batch])
+                except Exception as exc:
+                    for _, _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                self.queries += 1
+                found = {(r["user_id"], r["key"]): r for r in rows}
+                for user_id, key, fut in batch:
+                    if not fut.done():
+                        fut.set_result(found.get((user_id, key)))
+        finally:
+            self.running = False
 
 
 @dataclass

@@ -142,7 +142,7 @@ async def reserve(
         if outcome != "idempotent":
             break
         assert key is not None
-        stored = await bk.hot.stored(principal.user_id, key)
+        stored = await bk.stored_answer(principal.user_id, key)
         if stored is not None:
             return replay(stored, fp)
         # The twin request that held this key in the same batch was undone: judge this one afresh.
@@ -172,7 +172,7 @@ async def _refuse(
     bk: Booking, principal: Principal, key: str | None, fp: str, view: dict[str, Any] | None, problem: Problem
 ) -> tuple[int, str]:
     if key is not None:
-        stored = await bk.hot.stored(principal.user_id, key)
+        stored = await bk.stored_answer(principal.user_id, key)
         if stored is not None:
             return replay(stored, fp)
     if view is not None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from dropslot_kit.db import Database
 
-from ..adapters.hotpath import HotPath, SlotBatcher
+from ..adapters.hotpath import HotPath, KeyLookups, SlotBatcher
 from ..config import Settings
 from ..domain import rules
 from ..domain.tokens import CheckinTokens
@@ -77,6 +77,16 @@ class Booking:
     batcher: SlotBatcher | None = None
     slot_cache: SlotCache = field(default_factory=lambda: SlotCache(0.25))
     clock: Callable[[], datetime] = utcnow
+    lookups: KeyLookups | None = None
+
+    def __post_init__(self) -> None:
+        if self.lookups is None:
+            self.lookups = KeyLookups(self.hot)
+
+    async def stored_answer(self, user_id: uuid.UUID, key: str) -> Any:
+        """The stored first answer for (user, key), if any (coalesced with concurrent lookups)."""
+        assert self.lookups is not None
+        return await self.lookups.get(user_id, key)
 
     def minutes(self, n: float) -> float:
         return self.settings.minutes(n)
