@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -155,7 +156,20 @@ async def test_one_trace_from_the_gateway_request_to_the_consumer_of_its_event(s
     assert producer.attributes["messaging.message.id"] == event_id
 
 
-def test_log_lines_are_json_with_trace_and_request_ids(spans, capsys):
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """setup_logging rewires the root and uvicorn loggers of this process: put them back, so
+    later tests do not log into this test's (closed) capture."""
+    names = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi")
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in (logging.getLogger(n) for n in names)]
+    yield
+    for lg, handlers, level, propagate in saved:
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate = propagate
+
+
+def test_log_lines_are_json_with_trace_and_request_ids(spans, capsys, restored_logging):
     telemetry.setup_logging("audit", "INFO", as_json=True)
     token = context.set_current(CallContext(request_id="req-123", correlation_id="req-123"))
     try:
