@@ -92,12 +92,26 @@ async def emit_probe_event(request: Request) -> dict[str, str]:
     return {"event_id": str(env.id), "store_id": str(store_id)}
 
 
+class _UntilModuleEnds(SimpleSpanProcessor):
+    """Exports while this module runs, then nothing: OpenTelemetry's tracer provider cannot be
+    unset, so later tests in this process still trace, but no span piles up in memory."""
+
+    on = True
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if self.on:
+            super().on_end(span)
+
+
 @pytest.fixture(scope="module")
-def spans() -> InMemorySpanExporter:
-    """Tracing on in this process from here on (the kit's provider, as an OTLP endpoint would)."""
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Tracing on in this process (the kit's provider, as with an OTLP endpoint)."""
     exporter = InMemorySpanExporter()
-    telemetry.add_span_processor("dropslot-test", SimpleSpanProcessor(exporter))
-    return exporter
+    processor = _UntilModuleEnds(exporter)
+    telemetry.add_span_processor("dropslot-test", processor)
+    yield exporter
+    processor.on = False
+    exporter.clear()
 
 
 async def test_one_trace_from_the_gateway_request_to_the_consumer_of_its_event(spans, audit_db, keys):
