@@ -206,6 +206,29 @@ async def test_two_workers_never_send_the_same_event_twice(harness: Harness) -> 
         await rx.stop()
 
 
+async def test_deleting_an_endpoint_mid_delivery_loses_nothing_of_the_others(harness: Harness) -> None:
+    async def slow(_r: Received, _n: int) -> web.Response:
+        await asyncio.sleep(1.5)
+        return web.Response(status=200)
+
+    doomed_rx, other_rx = await Receiver(slow).start(), await Receiver(slow).start()
+    try:
+        doomed = await harness.endpoint(doomed_rx.url)
+        other = await harness.endpoint(other_rx.url, ["booking.reservation.*"])
+        await harness.fan_out(*(reservation_envelope(harness.store_id) for _ in range(3)))
+        harness.start_worker()
+        await eventually(lambda: _count(doomed_rx, 3), timeout=20, what="attempts in flight")
+        await harness.svc.delete_endpoint(harness_admin(), doomed["id"])  # while they are in flight
+        rows = await eventually(lambda: _delivered(harness, other["id"]), timeout=20, what="the other's outcomes")
+        assert len(rows) == 3
+        assert [len(await harness.attempts(r["id"])) for r in rows] == [1, 1, 1]
+        await harness.fan_out(reservation_envelope(harness.store_id))
+        await eventually(lambda: _count(other_rx, 4), timeout=20, what="the worker carries on")
+    finally:
+        await doomed_rx.stop()
+        await other_rx.stop()
+
+
 async def test_a_lapsed_lease_is_taken_over_by_another_worker(harness: Harness) -> None:
     rx = await Receiver().start()
     try:

@@ -204,6 +204,10 @@ class DeliveryWorker:
                     error = exc
                     log.warning("webhooks: could not record %d outcomes (%r), try %d", len(batch), exc, attempt + 1)
                     await asyncio.sleep(min(0.5 * 2**attempt, 10.0))
+                except Exception as exc:  # a bug: never let it stop the recorder (every delivery waits on it)
+                    log.exception("webhooks: recording %d outcomes failed", len(batch))
+                    error = exc
+                    break
             for o in batch:
                 if o.done.done():
                     continue
@@ -230,6 +234,18 @@ class DeliveryWorker:
         return "pending", datetime.now(UTC) + timedelta(seconds=delay)
 
     async def record(self, batch: list[Outcome]) -> None:
+        async with self.db.uow() as uow:
+            await repo.scope_system(uow.conn)
+            # Deliveries of an endpoint deleted meanwhile are gone with it: nothing to record.
+            # The others are locked against deletion until this transaction ends.
+            existing = await repo.lock_deliveries(uow.conn, [o.job["id"] for o in batch],
+                                                  [o.job["endpoint_id"] for o in batch])
+            await self._record(uow, [o for o in batch if o.job["id"] in existing])
+        self.sent += sum(1 for o in batch if o.result.success)
+
+    async def _record(self, uow: Any, batch: list[Outcome]) -> None:
+        if not batch:
+            return
         attempts, finishes = [], []
         last_ok: dict[uuid.UUID, bool] = {}  # endpoint -> was its latest outcome a success?
         failure_run_start: dict[uuid.UUID, datetime] = {}
@@ -255,20 +271,17 @@ class DeliveryWorker:
                 if r.status_code == 410:
                     gone.add(ep)
             last_ok[ep] = r.success
-        async with self.db.uow() as uow:
-            await repo.scope_system(uow.conn)
-            await repo.insert_attempts(uow.conn, attempts)
-            await repo.finish_attempts(uow.conn, finishes)
-            await repo.endpoints_recovered(uow.conn, [ep for ep, ok in last_ok.items() if ok])
-            failing = await repo.endpoints_failed(uow.conn, failure_run_start)
-            window = timedelta(seconds=self.settings.webhooks_disable_after_seconds)
-            now = datetime.now(UTC)
-            for ep in sorted(set(failing) | gone):
-                reason = "gone" if ep in gone else "failing" if now - failing[ep] >= window else None
-                if reason is not None:
-                    last = next(o.result for o in reversed(batch) if o.job["endpoint_id"] == ep)
-                    await self._disable(uow, ep, reason, failing.get(ep), last)
-        self.sent += sum(1 for o in batch if o.result.success)
+        await repo.insert_attempts(uow.conn, attempts)
+        await repo.finish_attempts(uow.conn, finishes)
+        await repo.endpoints_recovered(uow.conn, [ep for ep, ok in last_ok.items() if ok])
+        failing = await repo.endpoints_failed(uow.conn, failure_run_start)
+        window = timedelta(seconds=self.settings.webhooks_disable_after_seconds)
+        now = datetime.now(UTC)
+        for ep in sorted(set(failing) | gone):
+            reason = "gone" if ep in gone else "failing" if now - failing[ep] >= window else None
+            if reason is not None:
+                last = next(o.result for o in reversed(batch) if o.job["endpoint_id"] == ep)
+                await self._disable(uow, ep, reason, failing.get(ep), last)
 
     async def _disable(self, uow: Any, endpoint_id: uuid.UUID, reason: str, failing_since: datetime | None,
                        last: AttemptResult) -> None:

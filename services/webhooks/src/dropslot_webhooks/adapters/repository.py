@@ -280,6 +280,20 @@ async def claim(conn: AsyncConnection, *, free: int, cap: int, lease_seconds: fl
     return [dict(r) for r in result.mappings()]
 
 
+async def lock_deliveries(
+    conn: AsyncConnection, ids: Sequence[uuid.UUID], endpoint_ids: Sequence[uuid.UUID]
+) -> set[uuid.UUID]:
+    """Those of these deliveries that still exist, locked so they cannot be deleted (with their
+    endpoint) before the caller's transaction ends. Endpoints first, in id order, as an
+    endpoint's deletion locks it before its deliveries: no deadlock either way round."""
+    await conn.execute(
+        text("SELECT id FROM webhook_endpoints WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE"),
+        {"ids": sorted(set(endpoint_ids))},
+    )
+    rows = await _all(conn, "SELECT id FROM webhook_events WHERE id = ANY(:ids) FOR KEY SHARE", {"ids": list(ids)})
+    return {r["id"] for r in rows}
+
+
 async def insert_attempts(conn: AsyncConnection, rows: Sequence[Row]) -> None:
     await conn.execute(
         text(
