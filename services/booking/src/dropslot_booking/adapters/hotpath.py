@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from dropslot_kit.settings import KitSettings
 
-from ..service.metrics import BATCH_SIZE
+from ..service.metrics import BATCH_SIZE, RESERVE_TXN
 
 log = logging.getLogger("dropslot.booking.hot")
 
@@ -147,7 +147,9 @@ class HotPath:
         args = reserve_args(slot_id, now, seats)
         for attempt in range(3):
             try:
+                started = time.perf_counter()
                 rows = await self.pool.fetch(RESERVE, *args)
+                RESERVE_TXN.observe(time.perf_counter() - started)
                 break
             except asyncpg.exceptions.DeadlockDetectedError:
                 # Cannot happen with booking's lock order; retried anyway rather than failing a customer.

@@ -15,3 +15,7 @@ BATCH_SIZE = Histogram(
 
 def record_reservation(drop_id: Any, accepted: bool, reason: str = "") -> None:
     telemetry.record_reservation(drop_id, accepted, reason)
+RESERVE_TXN = Histogram(
+    "booking_reserve_transaction_seconds", "Duration of one reserve transaction (one round trip, commit included)",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
+)

@@ -1,0 +1,123 @@
+"""`booking.reserve_seats` (the reserve transaction) called directly with crafted batches, and the
+single-transaction path (group commit off) under the same races as the batched one."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from dropslot_booking.adapters.hotpath import Outbox, Seat
+from dropslot_booking.adapters.sql import all_rows, one
+
+from .conftest import Cluster
+
+pytestmark = pytest.mark.asyncio
+
+
+def seat(user: uuid.UUID | None = None, key: str | None = None) -> Seat:
+    rid = uuid.uuid4()
+    return Seat(id=rid, user_id=user or uuid.uuid4(), key=key, fingerprint="fp", response=json.dumps({"id": str(rid)}),
+                state="CONFIRMED", expires_at=None, confirmed_at=datetime.now(UTC), note=None, token="t",
+                qr_code_url="q", amount_cents=0, currency="EUR", requires_payment=False,
+                outbox=[Outbox(uuid.uuid4(), "booking.reservation.created", '{"n": 1}', None),
+                        Outbox(uuid.uuid4(), "booking.reservation.confirmed", '{"n": 2}', None)])
+
+
+async def fresh_slot(cluster: Cluster, capacity: int, rule: dict | None = None) -> dict:
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store, rule=rule)
+    return await cluster.slot(store, drop, capacity=capacity)
+
+
+async def outbox_ids(cluster: Cluster, ids: list[uuid.UUID]) -> int:
+    async with cluster.booking.db.uow() as uow:
+        row = await one(uow.conn, "SELECT count(*) AS n FROM outbox WHERE id = ANY(:ids)", ids=ids)
+    return int(row["n"]) if row else 0
+
+
+async def test_a_batch_gets_the_free_seats_in_arrival_order_and_nothing_else(cluster: Cluster) -> None:
+    slot = await fresh_slot(cluster, capacity=4)
+    seats = [seat() for _ in range(10)]
+    hot = cluster.booking.hot
+    # The relay may already have published (and deleted) the granted seats' events: look at
+    # the refused ones, which must never have reached the outbox.
+    outcomes = await hot.reserve(uuid.UUID(slot["id"]), datetime.now(UTC), seats)
+    assert outcomes == ["ok"] * 4 + ["sold_out"] * 6
+    refused_events = [ob.id for s in seats[4:] for ob in s.outbox]
+    assert await outbox_ids(cluster, refused_events) == 0
+    async with cluster.booking.db.uow() as uow:
+        from dropslot_booking.adapters.sql import set_scope
+
+        await set_scope(uow.conn, all_rows=True)
+        rows = await all_rows(uow.conn, "SELECT id FROM reservations WHERE slot_id = :s", s=uuid.UUID(slot["id"]))
+    assert {r["id"] for r in rows} == {s.id for s in seats[:4]}
+    assert await hot.reserve(uuid.UUID(slot["id"]), datetime.now(UTC), [seat()]) == ["sold_out"]
+    assert await cluster.invariants() == []
+
+
+async def test_twins_in_one_batch(cluster: Cluster) -> None:
+    slot = await fresh_slot(cluster, capacity=10, rule={"max_per_user": 3})
+    sid = uuid.UUID(slot["id"])
+    user, other = uuid.uuid4(), uuid.uuid4()
+    key = uuid.uuid4().hex
+    outcomes = await cluster.booking.hot.reserve(sid, datetime.now(UTC), [
+        seat(user), seat(user),                 # same user, same slot: one reservation per slot
+        seat(other, key), seat(other, key),     # same Idempotency-Key: the second finds the first
+    ])
+    assert outcomes == ["ok", "already_reserved", "ok", "idempotent"]
+    assert await cluster.invariants() == []
+
+
+async def test_per_user_limit_across_slots_in_separate_batches(cluster: Cluster) -> None:
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store, rule={"max_per_user": 1})
+    a = await cluster.slot(store, drop, capacity=5)
+
+    b = await cluster.slot(store, drop, capacity=5, start_in=timedelta(hours=2))
+    user = uuid.uuid4()
+    hot = cluster.booking.hot
+    results = await asyncio.gather(
+        hot.reserve(uuid.UUID(a["id"]), datetime.now(UTC), [seat(user)]),
+        hot.reserve(uuid.UUID(b["id"]), datetime.now(UTC), [seat(user)]),
+    )
+    assert sorted(r[0] for r in results) == ["limit", "ok"]
+    assert await cluster.invariants() == []
+
+
+async def test_closed_slots_refuse_whole_batches_without_writing(cluster: Cluster) -> None:
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store, status="SCHEDULED")
+    slot = await cluster.slot(store, drop, capacity=5)
+    assert await cluster.booking.hot.reserve(uuid.UUID(slot["id"]), datetime.now(UTC), [seat(), seat()]) == [
+        "not_live", "not_live"]
+    assert await cluster.booking.hot.reserve(uuid.uuid4(), datetime.now(UTC), [seat()]) == ["not_found"]
+
+
+async def test_single_transaction_path_keeps_every_guarantee(cluster: Cluster) -> None:
+    """Group commit off (one transaction per request): the same race, limits and idempotency."""
+    saved = [r.booking.batcher for r in cluster.replicas]
+    for r in cluster.replicas:
+        r.app.state.rt.extras["booking"] = dataclasses.replace(r.booking, batcher=None)
+    try:
+        store = await cluster.store(cluster.user())
+        drop = await cluster.drop(store, rule={"max_per_user": 1})
+        slot = await cluster.slot(store, drop, capacity=20)
+        users = [cluster.user() for _ in range(120)]
+        results = await asyncio.gather(*(cluster.reserve(u, slot["id"], key=uuid.uuid4().hex) for u in users))
+        assert sorted(r.status_code for r in results).count(201) == 20
+        greedy = cluster.user()
+        slot2 = await cluster.slot(store, drop, capacity=20, start_in=timedelta(hours=3))
+        results = await asyncio.gather(*(cluster.reserve(greedy, slot2["id"]) for _ in range(10)))
+        assert [r.status_code for r in results].count(201) == 1
+        key = uuid.uuid4().hex
+        twin = cluster.user()
+        results = await asyncio.gather(*(cluster.reserve(twin, slot2["id"], key=key) for _ in range(6)))
+        assert {r.status_code for r in results} == {201} and len({r.json()["id"] for r in results}) == 1
+        assert await cluster.invariants() == []
+    finally:
+        for r, batcher in zip(cluster.replicas, saved, strict=True):
+            r.app.state.rt.extras["booking"] = dataclasses.replace(r.booking, batcher=batcher)
