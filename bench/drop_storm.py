@@ -70,6 +70,7 @@ def start(args: argparse.Namespace) -> tuple[Any, Any, Path]:
         # Access tokens must outlive registering thousands of users.
         "DROPSLOT_IDENTITY_ACCESS_TTL_SECONDS": "7200",
         "DROPSLOT_BOOKING_BATCHING": "true" if args.batching else "false",
+        "DROPSLOT_BOOKING_BATCH_LINGER_MS": str(args.linger_ms),
         # PostgreSQL here allows 100 connections for everyone; nine processes with the default
         # pools (10 + 10 overflow each) could take them all.
         "DROPSLOT_DB_POOL_SIZE": "4",
@@ -375,7 +376,7 @@ async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> d
         ceiling_slot = await setup_drop(s, api, owner, store, product["id"], "Ceiling", 1, 1_000_000)
 
     report: dict[str, Any] = {"users": args.users, "concurrency": args.concurrency, "replicas": args.replicas,
-                              "batching": args.batching, "phases": []}
+                              "batching": args.batching, "linger_ms": args.linger_ms, "phases": []}
     for name, slot_ids, seats in (("hot slot", hot, args.hot_seats),
                                   (f"{args.slots} slots", spread, args.slots * args.slot_seats)):
         phase = Phase(name, seats)
@@ -403,7 +404,7 @@ async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> d
 def print_report(r: dict[str, Any]) -> None:
     print("\n" + "=" * 78)
     print(f"DROP STORM  users={r['users']}  connections={r['concurrency']}  booking replicas={r['replicas']}  "
-          f"group commit={'on' if r['batching'] else 'off'}")
+          f"group commit={'on' if r['batching'] else 'off'} (linger {r['linger_ms']} ms)")
     for p in r["phases"]:
         print(f"\n-- {p['phase']}: {p['requests']} requests for {p['seats']} seats")
         print(f"   accepted                   {p['accepted']}  ({p['accepted_per_s']}/s until sold out)")
@@ -435,6 +436,8 @@ def main() -> int:
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--no-batching", dest="batching", action="store_false",
                         help="one transaction per reservation (group commit off)")
+    parser.add_argument("--linger-ms", type=float, default=0.0,
+                        help="let a group-commit batch fill this long before sending it")
     parser.add_argument("--register-parallel", type=int, default=16)
     parser.add_argument("--real-argon2", action="store_true", help="keep identity's production argon2 cost")
     parser.add_argument("--ceiling-seconds", type=float, default=4.0)
