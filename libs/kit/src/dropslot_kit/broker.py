@@ -13,6 +13,7 @@ Topology (names prefixed by the broker namespace, `dropslot` by default):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -92,7 +93,6 @@ class Messaging:
         self.exchange = events_exchange(settings)
         self.dlx = dlx_exchange(settings)
         self._subscribers: dict[str, Any] = {}
-        self._probe_channel: Any = None
         for consumer in self.consumers:
             self._subscribe(consumer)
 
@@ -247,17 +247,23 @@ class Messaging:
                 try:
                     q = await asyncio.wait_for(self._passive_queue(qname), timeout=2)
                     attached = (q.declaration_result.consumer_count or 0) > 0
-                except Exception:
+                except Exception as exc:
+                    log.debug("readiness probe of %s failed: %r", qname, exc)
                     attached = False
             out[qname] = attached
         return out
 
     async def _passive_queue(self, qname: str) -> Any:
         # FastStream's declarer caches declarations; readiness needs the broker's answer now.
-        if self._probe_channel is None or self._probe_channel.is_closed:
-            connection = self.broker._connection  # noqa: SLF001  (no public accessor in FastStream 0.7)
-            self._probe_channel = await connection.channel()
-        return await self._probe_channel.declare_queue(qname, passive=True)
+        # A short-lived channel each time: a kept one can be left half-open by a cancelled
+        # check during an outage and then report "detached" forever.
+        connection = self.broker._connection  # noqa: SLF001  (no public accessor in FastStream 0.7)
+        channel = await connection.channel()
+        try:
+            return await channel.declare_queue(qname, passive=True)
+        finally:
+            with contextlib.suppress(Exception):
+                await channel.close()
 
     async def ping(self) -> bool:
         return await self.broker.ping(timeout=2.0)
