@@ -98,7 +98,20 @@ async def register(s: aiohttp.ClientSession, api: str, n: int) -> list[dict[str,
     return list(await asyncio.gather(*(one(i) for i in range(n))))
 
 
-async def run(args: argparse.Namespace, api: str) -> dict[str, Any]:
+def cpu_seconds(procs: list[Any]) -> dict[str, float]:
+    """CPU time (user + system) each service process has used so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for p in procs:
+        try:
+            fields = Path(f"/proc/{p.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            out[p.name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+async def run(args: argparse.Namespace, api: str, procs: list[Any]) -> dict[str, Any]:
     arrivals: list[tuple[float, bytes, dict[str, str]]] = []
 
     async def hook(request: web.Request) -> web.Response:
@@ -163,6 +176,7 @@ async def run(args: argparse.Namespace, api: str) -> dict[str, Any]:
                 if status == 201:
                     accepted.append(time.time())
 
+        cpu0 = cpu_seconds(procs)
         t0 = time.time()
         await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         t_storm = time.time()
@@ -172,6 +186,7 @@ async def run(args: argparse.Namespace, api: str) -> dict[str, Any]:
             if len({a[2].get("webhook-id") for a in arrivals}) >= expected:
                 break
             await asyncio.sleep(0.1)
+        cpu1 = cpu_seconds(procs)
         # Where the time went: event -> delivery row (broker + fan-out) -> attempt started (claim).
         log: list[dict[str, Any]] = []
         cursor = None
@@ -208,6 +223,7 @@ async def run(args: argparse.Namespace, api: str) -> dict[str, Any]:
         "storm_seconds": round(t_storm - t0, 2),
         "last_delivery_after_storm_seconds": round(max(a[0] for a in arrivals) - t_storm, 2) if arrivals else None,
         "mean_latency_ms": round(1000 * statistics.mean(lat)) if lat else None,
+        "cpu_seconds_during_storm_and_delivery": {k: round(cpu1[k] - cpu0.get(k, 0.0), 1) for k in cpu1},
         "event_to_delivery_row_ms": {"p50": round(1000 * fan[len(fan) // 2]),
                                      "p99": round(1000 * fan[int(len(fan) * 0.99) - 1])} if fan else None,
         "delivery_row_to_attempt_ms": {"p50": round(1000 * claim[len(claim) // 2]),
@@ -225,7 +241,7 @@ def main() -> int:
     args = parser.parse_args()
     running, settings = start_system()
     try:
-        report = asyncio.run(run(args, running.api))
+        report = asyncio.run(run(args, running.api, running.system.procs))
     finally:
         running.system.stop()
         from dropslot_kit.testing import drop_test_resources
