@@ -19,9 +19,8 @@ from dropslot_kit.broker import EventConsumers, Messaging
 from dropslot_kit.db import Database
 from dropslot_kit.outbox import OutboxRelay
 from dropslot_kit.testing import eventually
+from dropslot_kit.testproxy import TcpProxy
 from sqlalchemy import text
-
-from .tcp_proxy import TcpProxy
 
 
 def store_event(name: str = "s") -> StoreUpdated:

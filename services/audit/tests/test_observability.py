@@ -39,6 +39,7 @@ from dropslot_kit.db import Database, write_outbox
 from dropslot_kit.launcher import free_port
 from dropslot_kit.settings import KitSettings
 from dropslot_kit.testing import delete_namespace, env_for, eventually
+from dropslot_kit.testproxy import TcpProxy
 from fastapi import APIRouter, Request
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -48,7 +49,6 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import audit_settings
-from .tcp_proxy import TcpProxy
 
 
 class Served:
