@@ -296,10 +296,8 @@ class DeliveryWorker:
 
 
 def _record_metric(result: AttemptResult, event_type: str) -> None:
-    # The kit's helper labels webhook_deliveries_total / webhook_delivery_duration_seconds.
-    record = getattr(telemetry, "record_webhook_delivery", None)
-    if record is not None:
-        record(result.outcome, result.duration, event_type=event_type)
+    # webhook_deliveries_total{event_type, outcome} and webhook_delivery_duration_seconds on /metrics.
+    telemetry.record_webhook_delivery(result.outcome, result.duration, event_type=event_type)
 
 
 async def retention_loop(settings: Settings, db: Database) -> None:
