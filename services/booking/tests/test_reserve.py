@@ -8,7 +8,7 @@ from datetime import timedelta
 
 import pytest
 
-from .conftest import Cluster
+from .conftest import Cluster, EventTap
 
 pytestmark = pytest.mark.asyncio
 
@@ -17,7 +17,7 @@ def slug(r) -> str:
     return r.json().get("type", "").rsplit("/", 1)[-1]
 
 
-async def test_free_drop_confirms_at_once_with_a_checkin_token(cluster: Cluster) -> None:
+async def test_free_drop_confirms_at_once_with_a_checkin_token(cluster: Cluster, tap: EventTap) -> None:
     owner = cluster.user()
     store = await cluster.store(owner)
     drop = await cluster.drop(store)
@@ -36,6 +36,12 @@ async def test_free_drop_confirms_at_once_with_a_checkin_token(cluster: Cluster)
     slots = (await cluster.request("GET", f"/drops/{drop.drop_id}/slots")).json()["items"]
     assert [s["available"] for s in slots] == [2]
     assert await cluster.invariants() == []
+    # The reserve transaction's events (written inside reserve_seats) reach the broker.
+    created = await tap.wait_for("booking.reservation.created", reservation__reservation_id=body["id"])
+    confirmed = await tap.wait_for("booking.reservation.confirmed", reservation__reservation_id=body["id"])
+    assert created.data["reservation"]["state"] == "CONFIRMED" and confirmed.store_id == store["id"]
+    assert confirmed.data["reservation"]["checkin_token"] == body["checkin_token"]
+    assert created.actor.user_id == customer["id"] and created.tenant_key == store["tenant_key"]
 
 
 async def test_paid_drop_holds_the_seat_pending_payment(cluster: Cluster) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -107,6 +107,9 @@ class HotPath:
         self.settings = settings
         self.pool_size = pool_size
         self.pool: asyncpg.Pool | None = None
+        # Called after a reserve transaction committed outbox rows: reserve_seats writes them
+        # without NOTIFY (booking_0003), so this replica wakes its own relay.
+        self.on_commit: Callable[[], None] | None = None
 
     async def start(self) -> None:
         # Every connection is opened up front: a storm must not be the moment the pool grows
@@ -159,6 +162,8 @@ class HotPath:
         outcomes = [""] * len(seats)
         for r in rows:
             outcomes[r["r_idx"] - 1] = r["r_outcome"]
+        if self.on_commit is not None and "ok" in outcomes:
+            self.on_commit()
         return outcomes
 
 
