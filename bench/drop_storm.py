@@ -176,7 +176,8 @@ class Phase:
     t1: float = 0.0
 
 
-async def storm(api: str, users: list[dict[str, Any]], slot_ids: list[str], concurrency: int, phase: Phase) -> None:
+async def storm(apis: list[str], users: list[dict[str, Any]], slot_ids: list[str], concurrency: int,
+                phase: Phase) -> None:
     connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency, keepalive_timeout=60)
     timeout = aiohttp.ClientTimeout(total=60)
     order = list(users)
@@ -187,9 +188,10 @@ async def storm(api: str, users: list[dict[str, Any]], slot_ids: list[str], conc
     total = len(order)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as s:
         # Open the keep-alive connections first, as a crowd of waiting browsers would have them.
-        await asyncio.gather(*(s.get(api.rsplit("/api/v1", 1)[0] + "/health") for _ in range(concurrency)))
+        await asyncio.gather(*(s.get(apis[i % len(apis)].rsplit("/api/v1", 1)[0] + "/health")
+                               for i in range(concurrency)))
 
-        async def worker() -> None:
+        async def worker(api: str) -> None:
             while True:
                 try:
                     u = queue.get_nowait()
@@ -219,7 +221,7 @@ async def storm(api: str, users: list[dict[str, Any]], slot_ids: list[str], conc
 
         ticker = asyncio.create_task(progress())
         phase.t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await asyncio.gather(*(worker(apis[i % len(apis)]) for i in range(concurrency)))
         phase.t1 = time.perf_counter()
         ticker.cancel()
 
@@ -327,6 +329,23 @@ async def db_ceiling(settings: Any, owner_drop_slot: str, seconds: float, levels
     return {"per_connections": out, "best": max(out.values())}
 
 
+async def booking_counters(system: Any) -> dict[str, float]:
+    """Group-commit counters summed over the booking replicas (from their /metrics)."""
+    wanted = ("booking_reserve_batch_size_sum", "booking_reserve_batch_size_count",
+              "booking_reserve_transaction_seconds_sum")
+    out = dict.fromkeys(wanted, 0.0)
+    async with aiohttp.ClientSession() as s:
+        for proc in system.procs:
+            if proc.service != "booking":
+                continue
+            async with s.get(proc.url + "/metrics") as r:
+                for line in (await r.text()).splitlines():
+                    name, _, value = line.partition(" ")
+                    if name in out:
+                        out[name] += float(value)
+    return out
+
+
 def cpu_seconds(system: Any) -> dict[str, float]:
     """User + system CPU seconds each service process has used so far."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -356,6 +375,45 @@ def peak_rss(system: Any) -> dict[str, float]:
     return rss
 
 
+def stop_process(system: Any, name: str) -> None:
+    import signal
+
+    proc = system.find(name)
+    if proc.popen is not None and proc.popen.poll() is None:
+        os.killpg(proc.popen.pid, signal.SIGTERM)
+        proc.popen.wait(15)
+
+
+async def run_phase(running: Any, settings: Any, apis: list[str], users: list[dict[str, Any]], name: str,
+                    slot_ids: list[str], seats: int, args: argparse.Namespace) -> dict[str, Any]:
+    phase = Phase(name, seats)
+    say(f"storm '{name}': {len(users)} users at {args.concurrency} connections for {seats} seats")
+    m0 = await booking_counters(running.system)
+    cpu0, t0 = cpu_seconds(running.system), time.perf_counter()
+    await storm(apis, users, slot_ids, args.concurrency, phase)
+    cpu1, t1 = cpu_seconds(running.system), time.perf_counter()
+    m1 = await booking_counters(running.system)
+    summary = summarize(phase)
+    txns = m1["booking_reserve_batch_size_count"] - m0["booking_reserve_batch_size_count"]
+    summary["reserve_transactions"] = int(txns)
+    summary["avg_batch"] = round((m1["booking_reserve_batch_size_sum"] - m0["booking_reserve_batch_size_sum"])
+                                 / txns, 1) if txns else None
+    summary["avg_transaction_ms"] = round(1000 * (m1["booking_reserve_transaction_seconds_sum"]
+                                                  - m0["booking_reserve_transaction_seconds_sum"]) / txns, 1) \
+        if txns else None
+    # Where the two cores went during the storm (per process, in % of one core).
+    summary["cpu_percent"] = {k: round(100 * (cpu1[k] - cpu0.get(k, 0.0)) / (t1 - t0)) for k in sorted(cpu1)
+                              if k in cpu0}
+    checks = await check_db(settings, slot_ids, summary["accepted_ids"])
+    summary.update(checks)
+    summary.pop("accepted_ids")
+    say(f"  done: {summary['accepted']} accepted at {summary['accepted_per_s']}/s, "
+        f"{summary['refused_per_s_after_sell_out']}/s refused after sell-out, oversold {checks['oversold']}, "
+        f"missing {checks['missing']}")
+    await asyncio.sleep(2)  # let the outbox relay drain before the next phase
+    return summary
+
+
 async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> dict[str, Any]:
     api = running.api
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120),
@@ -379,23 +437,24 @@ async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> d
                               "batching": args.batching, "linger_ms": args.linger_ms, "phases": []}
     for name, slot_ids, seats in (("hot slot", hot, args.hot_seats),
                                   (f"{args.slots} slots", spread, args.slots * args.slot_seats)):
-        phase = Phase(name, seats)
-        say(f"storm '{name}': {len(users)} users at {args.concurrency} connections for {seats} seats")
-        cpu0, t0 = cpu_seconds(running.system), time.perf_counter()
-        await storm(api, users, slot_ids, args.concurrency, phase)
-        cpu1, t1 = cpu_seconds(running.system), time.perf_counter()
-        summary = summarize(phase)
-        # Where the two cores went during the storm (per process, in % of one core).
-        summary["cpu_percent"] = {k: round(100 * (cpu1[k] - cpu0.get(k, 0.0)) / (t1 - t0))
-                                  for k in sorted(cpu1)}
-        checks = await check_db(settings, slot_ids, summary["accepted_ids"])
-        summary.update(checks)
-        summary.pop("accepted_ids")
-        report["phases"].append(summary)
-        say(f"  done: {summary['accepted']} accepted at {summary['accepted_per_s']}/s, "
-            f"{summary['refused_per_s_after_sell_out']}/s refused after sell-out, oversold {checks['oversold']}, "
-            f"missing {checks['missing']}")
-        await asyncio.sleep(2)  # let the outbox relay drain before the next phase
+        report["phases"].append(await run_phase(running, settings, [api], users, name, slot_ids, seats, args))
+
+    if args.diagnostics:
+        # The same storm with the event consumers of the other services stopped, then straight at
+        # the booking replicas: how much of the two cores the downstream work and the gateway take.
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+            quiet = await setup_drop(s, api, owner, store, product["id"], "Hot, consumers paused", 1, args.hot_seats)
+            direct = await setup_drop(s, api, owner, store, product["id"], "Hot, direct", 1, args.hot_seats)
+        report["peak_rss_mb"] = peak_rss(running.system)
+        for name in ("audit", "notifications", "webhooks", "payments"):
+            stop_process(running.system, name)
+        say("stopped audit, notifications, webhooks and payments (their events wait in their queues)")
+        report["phases"].append(await run_phase(running, settings, [api], users, "hot slot, consumers stopped",
+                                                quiet, args.hot_seats, args))
+        replicas = [p.url + "/api/v1" for p in running.system.procs if p.service == "booking"]
+        report["phases"].append(await run_phase(running, settings, replicas, users,
+                                                "hot slot, consumers stopped, no gateway", direct, args.hot_seats,
+                                                args))
 
     report["ceiling_slot"] = ceiling_slot[0]
     return report
@@ -417,6 +476,8 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"   outcomes                   {p['outcomes']}")
         print(f"   oversold {p['oversold']}   accepted-but-missing {p['missing']}   "
               f"invariant violations {len(p['invariant_violations'])}")
+        print(f"   reserve transactions       {p['reserve_transactions']} (avg {p['avg_batch']} requests, "
+              f"{p['avg_transaction_ms']} ms each)")
         print("   CPU % of one core          " + ", ".join(f"{k} {v}" for k, v in p["cpu_percent"].items()))
     c = r["db_ceiling"]
     print(f"\n-- database ceiling (one reservation per transaction, one hot row): {c['best']}/s "
@@ -442,6 +503,8 @@ def main() -> int:
     parser.add_argument("--real-argon2", action="store_true", help="keep identity's production argon2 cost")
     parser.add_argument("--ceiling-seconds", type=float, default=4.0)
     parser.add_argument("--ceiling-levels", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--no-diagnostics", dest="diagnostics", action="store_false",
+                        help="skip the extra hot-slot storms with the consumers stopped / without the gateway")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
 
@@ -451,7 +514,8 @@ def main() -> int:
     try:
         try:
             report = asyncio.run(main_async(args, running, settings))
-            report["peak_rss_mb"] = peak_rss(running.system)
+            # VmHWM is each process's peak; stopped processes were read before they stopped.
+            report["peak_rss_mb"] = {**report.get("peak_rss_mb", {}), **peak_rss(running.system)}
         finally:
             say("stopping the system")
             running.system.stop()
