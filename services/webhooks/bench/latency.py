@@ -20,7 +20,9 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -111,21 +113,35 @@ def cpu_seconds(procs: list[Any]) -> dict[str, float]:
     return out
 
 
-async def run(args: argparse.Namespace, api: str, procs: list[Any]) -> dict[str, Any]:
-    arrivals: list[tuple[float, bytes, dict[str, str]]] = []
-
-    async def hook(request: web.Request) -> web.Response:
-        arrivals.append((time.time(), await request.read(), dict(request.headers)))
-        return web.Response(status=204)
-
-    app = web.Application()
-    app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
+def start_receiver() -> tuple[subprocess.Popen[bytes], int, Path]:
+    """The store's endpoint runs in a process of its own: in this one it would queue behind the
+    storm's own HTTP client and measure this script, not the system."""
     from dropslot_kit.launcher import free_port
 
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    log_path = Path(tempfile.mkdtemp(prefix="webhook-receiver-")) / "arrivals.jsonl"
+    receiver = subprocess.Popen([sys.executable, __file__, "--receiver", str(port), str(log_path)])
+    for _ in range(100):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            time.sleep(0.1)
+    return receiver, port, log_path
+
+
+async def run(args: argparse.Namespace, api: str, procs: list[Any], port: int, log_path: Path) -> dict[str, Any]:
+    def arrivals() -> list[tuple[float, bytes, dict[str, str]]]:
+        if not log_path.exists():
+            return []
+        out = []
+        for line in log_path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue  # a line being written
+            out.append((rec["at"], rec["body"].encode(), rec["headers"]))
+        return out
 
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=args.concurrency)) as s:
@@ -182,10 +198,10 @@ async def run(args: argparse.Namespace, api: str, procs: list[Any]) -> dict[str,
         t_storm = time.time()
         expected = 2 * len(accepted)  # created + confirmed
         say(f"storm over in {t_storm - t0:.1f}s: {len(accepted)} accepted; waiting for {expected} webhooks")
-        for _ in range(int(args.wait * 10)):
-            if len({a[2].get("webhook-id") for a in arrivals}) >= expected:
+        for _ in range(int(args.wait * 2)):
+            if len({a[2].get("webhook-id") for a in arrivals()}) >= expected:
                 break
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
         cpu1 = cpu_seconds(procs)
         # Where the time went: event -> delivery row (broker + fan-out) -> attempt started (claim).
         log: list[dict[str, Any]] = []
@@ -196,7 +212,7 @@ async def run(args: argparse.Namespace, api: str, procs: list[Any]) -> dict[str,
             log += page["items"]
             if not (cursor := page["next_cursor"]):
                 break
-    await runner.cleanup()
+    got = arrivals()
 
     def ts(v: str) -> float:
         return datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
@@ -206,11 +222,11 @@ async def run(args: argparse.Namespace, api: str, procs: list[Any]) -> dict[str,
 
     verifier = Webhook(ep["secret"])
     lat = []
-    for at, body, hdrs in arrivals:
+    for at, body, hdrs in got:
         payload = verifier.verify(body, hdrs)
         lat.append(at - datetime.fromisoformat(payload["timestamp"].replace("Z", "+00:00")).timestamp())
     lat.sort()
-    ids = [a[2].get("webhook-id") for a in arrivals]
+    ids = [a[2].get("webhook-id") for a in got]
 
     def pct(p: float) -> float:
         return 1000 * lat[min(len(lat) - 1, int(len(lat) * p))]
@@ -221,7 +237,7 @@ async def run(args: argparse.Namespace, api: str, procs: list[Any]) -> dict[str,
         "latency_ms": {"p50": round(pct(0.50)), "p95": round(pct(0.95)), "p99": round(pct(0.99)),
                        "max": round(1000 * lat[-1])} if lat else None,
         "storm_seconds": round(t_storm - t0, 2),
-        "last_delivery_after_storm_seconds": round(max(a[0] for a in arrivals) - t_storm, 2) if arrivals else None,
+        "last_delivery_after_storm_seconds": round(max(a[0] for a in got) - t_storm, 2) if got else None,
         "mean_latency_ms": round(1000 * statistics.mean(lat)) if lat else None,
         "cpu_seconds_during_storm_and_delivery": {k: round(cpu1[k] - cpu0.get(k, 0.0), 1) for k in cpu1},
         "event_to_delivery_row_ms": {"p50": round(1000 * fan[len(fan) // 2]),
@@ -232,7 +248,25 @@ async def run(args: argparse.Namespace, api: str, procs: list[Any]) -> dict[str,
     return report
 
 
+def serve_receiver(port: int, log_path: Path) -> None:
+    """The store's endpoint: answers 204 at once and appends each arrival to a JSON-lines file."""
+    out = log_path.open("a", buffering=1)
+
+    async def hook(request: web.Request) -> web.Response:
+        at = time.time()
+        body = await request.read()
+        out.write(json.dumps({"at": at, "headers": dict(request.headers), "body": body.decode()}) + "\n")
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--receiver":
+        serve_receiver(int(sys.argv[2]), Path(sys.argv[3]))
+        return 0
     parser = argparse.ArgumentParser(prog="webhook latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--users", type=int, default=1000)
     parser.add_argument("--seats", type=int, default=500)
@@ -240,9 +274,12 @@ def main() -> int:
     parser.add_argument("--wait", type=float, default=180.0, help="seconds to wait for the last webhooks")
     args = parser.parse_args()
     running, settings = start_system()
+    receiver, port, log_path = start_receiver()
     try:
-        report = asyncio.run(run(args, running.api, running.system.procs))
+        report = asyncio.run(run(args, running.api, running.system.procs, port, log_path))
     finally:
+        receiver.terminate()
+        receiver.wait()
         running.system.stop()
         from dropslot_kit.testing import drop_test_resources
 
