@@ -474,38 +474,40 @@ async def test_rotation_signs_with_both_secrets_during_the_grace_period(http, bu
         await rx.stop()
 
 
-async def test_delivery_latency_of_a_burst(http, bus: Bus) -> None:
-    """Event created -> receiver, for 500 events published at once (figures printed; the
-    assertion is only that all arrive)."""
+async def test_delivery_latency_one_at_a_time_and_in_a_burst(http, bus: Bus) -> None:
+    """Event created (its occurred_at) -> receiver, via the broker: 50 events 100 ms apart, then
+    500 at once. Figures are printed; what is asserted is that every event arrives once."""
     rx = await Receiver().start()
     try:
         owner, store = await owner_with_store(http)
         ep = await add_endpoint(http, owner, store, rx.url)
         sid = store_uuid(store)
-        envs = [reservation_envelope(sid) for _ in range(500)]
-        await bus.publish(*envs)
-        await eventually(lambda: received(rx, 500), timeout=120, what="500 deliveries")
-        lat = sorted(r.at - datetime.fromisoformat(json.loads(r.body)["timestamp"].replace("Z", "+00:00"))
-                     .timestamp() for r in rx.requests)
-        p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
-        print(f"\nwebhook latency over 500 events: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, "
-              f"max {lat[-1] * 1000:.0f} ms")
-        items, cursor = [], None
-        while True:
-            page = (await http.get(f"/webhook-endpoints/{ep['id']}/events", params={"limit": 200, **(
-                {"cursor": cursor} if cursor else {})}, headers=owner["headers"])).json()
-            items += page["items"]
-            if not (cursor := page["next_cursor"]):
-                break
-        fan = sorted((datetime.fromisoformat(i["created_at"]) - datetime.fromisoformat(i["occurred_at"])).total_seconds()
-                     for i in items)
-        print(f"fan-out lag (event -> delivery row): p50 {statistics.median(fan) * 1000:.0f} ms, "
+        spaced = [reservation_envelope(sid) for _ in range(50)]
+        for env in spaced:
+            await bus.publish(env.model_copy(update={"occurred_at": datetime.now(UTC)}))
+            await asyncio.sleep(0.1)
+        await eventually(lambda: received(rx, 50), timeout=60, what="50 spaced deliveries")
+        report("one at a time (50)", rx.requests)
+        burst = [reservation_envelope(sid) for _ in range(500)]
+        await bus.publish(*burst)
+        await eventually(lambda: received(rx, 550), timeout=180, what="500 deliveries")
+        report("burst of 500", rx.requests[50:])
+        items = await all_events(http, owner, ep["id"])
+        fan = sorted((datetime.fromisoformat(i["created_at"]) - datetime.fromisoformat(i["occurred_at"]))
+                     .total_seconds() for i in items[:500])  # newest first: the burst
+        print(f"  burst, event -> delivery row: p50 {statistics.median(fan) * 1000:.0f} ms, "
               f"p99 {fan[int(len(fan) * 0.99) - 1] * 1000:.0f} ms")
         got = assert_each_once(rx, ep["secret"])
-        assert sorted(json.loads(b)["data"]["reservation"]["reservation_id"] for b in got.values()) == sorted(
-            e.data["reservation"]["reservation_id"] for e in envs)
+        assert len(got) == 550
     finally:
         await rx.stop()
+
+
+def report(what: str, requests: list[Any]) -> None:
+    lat = sorted(r.at - datetime.fromisoformat(json.loads(r.body)["timestamp"].replace("Z", "+00:00")).timestamp()
+                 for r in requests)
+    print(f"\nwebhook latency, {what}: p50 {statistics.median(lat) * 1000:.0f} ms, "
+          f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.0f} ms, max {lat[-1] * 1000:.0f} ms")
 
 
 def assert_each_once(rx: Receiver, secret: str) -> dict[str, bytes]:
