@@ -210,7 +210,8 @@ async def storm(apis: list[str], users: list[dict[str, Any]], slot_ids: list[str
                 end = time.perf_counter()
                 body = json.loads(data) if data else {}
                 kind = "accepted" if status == 201 else str(body.get("type", status)).rsplit("/", 1)[-1]
-                phase.results.append(Result(t, end, status, kind, body if status == 201 else None))
+                keep = status == 201 or status not in (409,)
+                phase.results.append(Result(t, end, status, kind, body if keep else None))
 
         async def progress() -> None:
             while True:
@@ -237,6 +238,11 @@ def pct(values: list[float], p: float) -> float:
 def summarize(phase: Phase) -> dict[str, Any]:
     acc = [r for r in phase.results if r.status == 201]
     ref = [r for r in phase.results if r.status != 201]
+    errors: dict[str, int] = {}
+    for r in ref:
+        if r.status != 409:
+            detail = f"{r.status} {(r.body or {}).get('detail', r.kind)}"
+            errors[detail] = errors.get(detail, 0) + 1
     sold_out_at = max((r.ended for r in acc), default=phase.t0)
     after = [r for r in ref if r.started >= sold_out_at]
     kinds: dict[str, int] = {}
@@ -250,6 +256,7 @@ def summarize(phase: Phase) -> dict[str, Any]:
         "accepted": len(acc),
         "seats": phase.seats,
         "outcomes": kinds,
+        "errors": errors,
         "time_to_sell_out_s": round(sell_time, 3),
         "accepted_per_s": round(len(acc) / sell_time, 1) if sell_time > 0 else None,
         "accepted_ms": {f"p{p}": round(pct([r.latency_ms for r in acc], p), 1) for p in (50, 95, 99)},
@@ -474,6 +481,8 @@ def print_report(r: dict[str, Any]) -> None:
               f"{p['refused_ms']['p99']} ms")
         print(f"   refused after sell-out     {p['refused_after_sell_out']}  ({p['refused_per_s_after_sell_out']}/s)")
         print(f"   outcomes                   {p['outcomes']}")
+        if p["errors"]:
+            print(f"   errors                     {p['errors']}")
         print(f"   oversold {p['oversold']}   accepted-but-missing {p['missing']}   "
               f"invariant violations {len(p['invariant_violations'])}")
         print(f"   reserve transactions       {p['reserve_transactions']} (avg {p['avg_batch']} requests, "
