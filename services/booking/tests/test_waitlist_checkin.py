@@ -197,7 +197,7 @@ async def test_checkin_redeems_once_for_the_right_store_in_the_window(cluster: C
     other_owner = cluster.user()
     await cluster.store(other_owner)
     drop = await cluster.drop(store, price_cents=500)
-    # Check-in opens 30 "minutes" (here seconds) before the slot starts.
+    # Check-in opens 60 "minutes" (here seconds) before the slot starts.
     soon = await cluster.slot(store, drop, start_in=timedelta(seconds=20))
     later = await cluster.slot(store, drop, start_in=timedelta(hours=2))
     customer = cluster.user()

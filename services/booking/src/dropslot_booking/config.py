@@ -39,7 +39,7 @@ class Settings(KitSettings):
     booking_hold_reminder_minutes: float = 3.0
 
     # Check-in window: from this many minutes before the slot starts until the slot ends.
-    booking_checkin_opens_minutes_before: float = 30.0
+    booking_checkin_opens_minutes_before: float = 60.0
     booking_checkin_closes_minutes_after: float = 0.0
 
     # A slot created right after its drop may arrive before catalog's event does: wait this

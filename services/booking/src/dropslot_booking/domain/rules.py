@@ -5,7 +5,7 @@ validates it). "Minutes" in a rule are multiplied by `minute_seconds` (60 in pro
 shrink it).
 
 Check-in window: a reservation can be checked in from `opens_before` seconds before its slot
-starts (30 minutes by default) until `closes_after` seconds after the slot ends (0 by default,
+starts (60 minutes by default) until `closes_after` seconds after the slot ends (0 by default,
 i.e. until the slot's end).
 """
 
