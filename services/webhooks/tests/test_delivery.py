@@ -229,6 +229,27 @@ async def test_deleting_an_endpoint_mid_delivery_loses_nothing_of_the_others(har
         await other_rx.stop()
 
 
+async def test_a_stopping_worker_finishes_its_attempts_so_nothing_is_sent_twice(harness: Harness) -> None:
+    async def slow(_r: Received, _n: int) -> web.Response:
+        await asyncio.sleep(1.0)
+        return web.Response(status=200)
+
+    rx = await Receiver(slow).start()
+    try:
+        ep = await harness.endpoint(rx.url)
+        await harness.fan_out(*(reservation_envelope(harness.store_id) for _ in range(5)))
+        harness.start_worker(name="old")
+        await eventually(lambda: _count(rx, 5), timeout=20, what="attempts in flight")
+        await harness.stop_workers()  # a deploy: the replica stops while its attempts are in flight
+        rows = await harness.deliveries(ep["id"])
+        assert [r["delivery_status"] for r in rows] == ["delivered"] * 5
+        harness.start_worker(name="new")
+        await asyncio.sleep(1.0)
+        assert len(rx.requests) == 5
+    finally:
+        await rx.stop()
+
+
 async def test_a_lapsed_lease_is_taken_over_by_another_worker(harness: Harness) -> None:
     rx = await Receiver().start()
     try:

@@ -40,6 +40,8 @@ class Settings(KitSettings):
     webhooks_endpoint_concurrency: int = 32
     webhooks_lease_seconds: float = 120.0
     webhooks_poll_seconds: float = 0.5
+    # On shutdown, attempts in flight get this long to finish and be recorded.
+    webhooks_shutdown_grace_seconds: float = 5.0
 
     # Secrets: rotation keeps the old secret signing beside the new one this long (default 24 h).
     webhooks_secret_grace_seconds: float = 86_400.0

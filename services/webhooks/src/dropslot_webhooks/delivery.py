@@ -68,6 +68,7 @@ class DeliveryWorker:
         self.token = uuid.uuid4()  # this worker's lease token
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[None]] = set()
+        self._task_jobs: dict[asyncio.Task[None], uuid.UUID] = {}
         self._outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         self._listener: asyncpg.Connection | None = None
         self._listener_retry_at = 0.0
@@ -96,6 +97,7 @@ class DeliveryWorker:
                     for job in jobs:
                         task = asyncio.create_task(self._deliver(job))
                         self._inflight.add(task)
+                        self._task_jobs[task] = job["id"]
                         task.add_done_callback(self._done)
                 if claimed and len(self._inflight) < self.settings.webhooks_max_inflight:
                     continue  # there may be more due right now
@@ -108,12 +110,22 @@ class DeliveryWorker:
                 await recorder
 
     async def stop(self) -> None:
-        """Cancel what is in flight: those leases lapse and another worker takes the deliveries
-        over (same webhook-id, so receivers that got it already drop the duplicate)."""
-        for task in list(self._inflight):
+        """Let attempts in flight finish and their outcomes be written (a few seconds at most),
+        so a restart does not send them again; cancel the rest and hand their deliveries back
+        at once (another replica retries them, same webhook-id)."""
+        pending = set(self._inflight)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=self.settings.webhooks_shutdown_grace_seconds)
+        unfinished = []
+        for task in pending:
             task.cancel()
-        if self._inflight:
-            await asyncio.gather(*self._inflight, return_exceptions=True)
+            unfinished.append(self._task_jobs.get(task))
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                async with self.db.uow() as uow:
+                    await repo.scope_system(uow.conn)
+                    await repo.release_leases(uow.conn, [j for j in unfinished if j is not None], self.token)
         if self._listener is not None:
             with contextlib.suppress(Exception):
                 await self._listener.close()
@@ -122,6 +134,7 @@ class DeliveryWorker:
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._inflight.discard(task)
+        self._task_jobs.pop(task, None)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task failed", exc_info=task.exception())
         self._wake.set()  # a slot (global and per endpoint) is free again

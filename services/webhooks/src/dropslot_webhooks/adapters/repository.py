@@ -280,6 +280,16 @@ async def claim(conn: AsyncConnection, *, free: int, cap: int, lease_seconds: fl
     return [dict(r) for r in result.mappings()]
 
 
+async def release_leases(conn: AsyncConnection, ids: Sequence[uuid.UUID], token: uuid.UUID) -> None:
+    """Hand deliveries back (a worker stopping mid-attempt) so others need not wait for the lease."""
+    if ids:
+        await conn.execute(
+            text("UPDATE webhook_events SET locked_until = NULL, lock_token = NULL"
+                 " WHERE id = ANY(:ids) AND lock_token = :t"),
+            {"ids": list(ids), "t": token},
+        )
+
+
 async def lock_deliveries(
     conn: AsyncConnection, ids: Sequence[uuid.UUID], endpoint_ids: Sequence[uuid.UUID]
 ) -> set[uuid.UUID]:
