@@ -99,6 +99,7 @@ class CheckinTokens:
             "nbf": int(window[0].timestamp()),
             "exp": int(window[1].timestamp()),
         }
+        assert self.active.private is not None  # checked in __init__
         return jwt.encode(claims, self.active.private, algorithm=ALGORITHM,
                           headers={"kid": self.active.kid, "typ": "checkin"})
 
