@@ -111,6 +111,33 @@ async def test_receiver_down_during_100_events_gets_all_after_it_returns(harness
         await rx.stop()
 
 
+async def test_a_failing_endpoint_is_probed_so_its_backlog_flows_soon_after_it_returns(harness: Harness) -> None:
+    # Retries an hour apart, probes every second: only a probe can find the receiver back.
+    settings = harness.settings.model_copy(update={
+        "webhooks_retry_schedule_seconds": [0.0, 3600.0, 3600.0], "webhooks_retry_scale": 1.0,
+        "webhooks_probe_interval_seconds": 1.0})
+    rx = Receiver()
+    ep = await harness.endpoint(rx.url)
+    await harness.fan_out(*(reservation_envelope(harness.store_id) for _ in range(5)))
+    harness.start_worker(settings)
+
+    async def probed_while_down() -> bool:
+        rows = await harness.deliveries(ep["id"])
+        return sum(r["attempt_count"] for r in rows) >= 8  # 5 first attempts, then probes
+
+    await eventually(probed_while_down, timeout=30, what="probes while the receiver is down")
+    rows = await harness.deliveries(ep["id"])
+    # Failed probes do not move a delivery along its schedule: one failure each, retry in an hour.
+    assert [r["retry_count"] for r in rows] == [1] * 5
+    assert all(r["delivery_status"] == "pending" for r in rows)
+    await rx.start()
+    try:
+        await eventually(lambda: _unique(rx, 5), timeout=15, what="the backlog after the receiver returned")
+        await eventually(lambda: _delivered(harness, ep["id"]), timeout=10, what="all delivered")
+    finally:
+        await rx.stop()
+
+
 async def test_410_disables_the_endpoint_and_tells_the_owner(harness: Harness) -> None:
     rx = await Receiver(lambda _r, _n: web.Response(status=410)).start()
     try:

@@ -26,6 +26,10 @@ class Settings(KitSettings):
     webhooks_retry_jitter: float = 0.2
     webhooks_retry_after_max_seconds: float = 86_400.0
 
+    # A failing endpoint is probed this often (scaled like the schedule) with its oldest waiting
+    # delivery, so a receiver that comes back gets its backlog within minutes, not hours.
+    webhooks_probe_interval_seconds: float = 300.0
+
     # An endpoint failing continuously this long is disabled (an answer of 410 disables at once).
     webhooks_disable_after_seconds: float = 5 * 86_400.0
 

@@ -160,8 +160,15 @@ class DeliveryWorker:
         async with self.db.uow() as uow:
             await repo.scope_system(uow.conn)
             cap = self.settings.webhooks_endpoint_concurrency
-            return await repo.claim(uow.conn, free=free, cap=cap, lease_seconds=self.lease_seconds,
+            jobs = await repo.claim(uow.conn, free=free, cap=cap, lease_seconds=self.lease_seconds,
                                     token=self.token)
+            jobs += await repo.claim_probes(uow.conn, free=free - len(jobs), interval_seconds=self.probe_interval,
+                                            lease_seconds=self.lease_seconds, token=self.token)
+            return jobs
+
+    @property
+    def probe_interval(self) -> float:
+        return self.settings.webhooks_probe_interval_seconds * self.settings.webhooks_retry_scale
 
     @property
     def lease_seconds(self) -> float:
@@ -237,6 +244,8 @@ class DeliveryWorker:
         if r.status_code == 410:
             # Left pending behind the disabled endpoint: if the owner re-enables it, nothing was lost.
             return "pending", datetime.now(UTC)
+        if o.job["probe"]:
+            return "pending", None  # a failed probe leaves the delivery on its own schedule
         delay = next_delay(
             o.job["retry_count"] + 1, s.webhooks_retry_schedule_seconds, scale=s.webhooks_retry_scale,
             jitter=s.webhooks_retry_jitter, retry_after=r.retry_after,
@@ -274,7 +283,7 @@ class DeliveryWorker:
             })
             finishes.append({
                 "ok": r.success, "status": status, "next": next_at, "started": r.started_at, "code": r.status_code,
-                "err": r.error, "id": job["id"], "token": self.token,
+                "err": r.error, "id": job["id"], "token": self.token, "probe": job["probe"],
             })
             ep = job["endpoint_id"]
             if r.success:
@@ -287,7 +296,7 @@ class DeliveryWorker:
         await repo.insert_attempts(uow.conn, attempts)
         await repo.finish_attempts(uow.conn, finishes)
         await repo.endpoints_recovered(uow.conn, [ep for ep, ok in last_ok.items() if ok])
-        failing = await repo.endpoints_failed(uow.conn, failure_run_start)
+        failing = await repo.endpoints_failed(uow.conn, failure_run_start, self.probe_interval)
         window = timedelta(seconds=self.settings.webhooks_disable_after_seconds)
         now = datetime.now(UTC)
         for ep in sorted(set(failing) | gone):

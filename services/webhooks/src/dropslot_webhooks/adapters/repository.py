@@ -110,7 +110,7 @@ async def update_endpoint(conn: AsyncConnection, endpoint_id: uuid.UUID, changes
     sets = [f"{k} = :{k}" for k in changes if k in UPDATABLE]
     if changes.get("active") is True:
         # Re-enabled by its owner: forget why it was disabled, and start the failure clock anew.
-        sets += ["disabled_reason = NULL", "disabled_at = NULL", "failing_since = NULL"]
+        sets += ["disabled_reason = NULL", "disabled_at = NULL", "failing_since = NULL", "next_probe_at = NULL"]
     sets.append("updated_at = now()")
     return await _one(
         conn,
@@ -263,7 +263,38 @@ FROM picked, webhook_endpoints e
 WHERE ev.id = picked.id AND e.id = ev.endpoint_id
 RETURNING ev.id, ev.endpoint_id, ev.store_id, ev.type, ev.payload::text AS payload, ev.retry_count,
           ev.attempt_count, ev.occurred_at, ev.created_at, e.url, e.secret, e.previous_secret,
-          e.previous_secret_expires_at
+          e.previous_secret_expires_at, false AS probe
+""")
+
+_CLAIM_PROBES = text("""
+WITH eps AS (
+    SELECT e.id FROM webhook_endpoints e
+    WHERE e.active AND e.failing_since IS NOT NULL AND e.next_probe_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM webhook_events f WHERE f.endpoint_id = e.id
+                      AND f.delivery_status = 'pending' AND f.locked_until IS NOT NULL AND f.locked_until >= now())
+    ORDER BY e.next_probe_at
+    LIMIT :n
+    FOR NO KEY UPDATE OF e SKIP LOCKED
+), bump AS (
+    UPDATE webhook_endpoints SET next_probe_at = now() + make_interval(secs => CAST(:interval AS double precision))
+    WHERE id IN (SELECT id FROM eps)
+), picked AS (
+    SELECT x.id FROM eps CROSS JOIN LATERAL (
+        SELECT w.id FROM webhook_events w
+        WHERE w.endpoint_id = eps.id AND w.delivery_status = 'pending'
+          AND (w.locked_until IS NULL OR w.locked_until < now())
+        ORDER BY w.next_attempt_at, w.seq
+        LIMIT 1
+        FOR UPDATE OF w SKIP LOCKED
+    ) x
+)
+UPDATE webhook_events ev
+SET locked_until = now() + make_interval(secs => CAST(:lease AS double precision)), lock_token = :token
+FROM picked, webhook_endpoints e
+WHERE ev.id = picked.id AND e.id = ev.endpoint_id
+RETURNING ev.id, ev.endpoint_id, ev.store_id, ev.type, ev.payload::text AS payload, ev.retry_count,
+          ev.attempt_count, ev.occurred_at, ev.created_at, e.url, e.secret, e.previous_secret,
+          e.previous_secret_expires_at, true AS probe
 """)
 
 
@@ -276,6 +307,19 @@ async def claim(conn: AsyncConnection, *, free: int, cap: int, lease_seconds: fl
     result = await conn.execute(
         _CLAIM,
         {"max_endpoints": max(free * 4, 32), "cap": cap, "free": free, "lease": lease_seconds, "token": token},
+    )
+    return [dict(r) for r in result.mappings()]
+
+
+async def claim_probes(
+    conn: AsyncConnection, *, free: int, interval_seconds: float, lease_seconds: float, token: uuid.UUID
+) -> list[Row]:
+    """Failing endpoints whose probe is due and that have nothing in flight: lease each one's
+    oldest pending delivery, ahead of its schedule, and set the next probe."""
+    if free <= 0:
+        return []
+    result = await conn.execute(
+        _CLAIM_PROBES, {"n": free, "interval": interval_seconds, "lease": lease_seconds, "token": token}
     )
     return [dict(r) for r in result.mappings()]
 
@@ -322,7 +366,7 @@ async def finish_attempts(conn: AsyncConnection, rows: Sequence[Row]) -> None:
     await conn.execute(
         text(
             "UPDATE webhook_events SET attempt_count = attempt_count + 1,"
-            " retry_count = CASE WHEN :ok THEN retry_count ELSE retry_count + 1 END,"
+            " retry_count = CASE WHEN :ok OR :probe THEN retry_count ELSE retry_count + 1 END,"
             " delivery_status = :status, next_attempt_at = COALESCE(:next, next_attempt_at),"
             " delivered_at = CASE WHEN :ok THEN now() ELSE delivered_at END,"
             " last_attempt_at = :started, last_status_code = :code, last_error = :err,"
@@ -340,8 +384,8 @@ async def endpoints_recovered(conn: AsyncConnection, endpoint_ids: Sequence[uuid
         return []
     rows = await _all(
         conn,
-        "UPDATE webhook_endpoints SET failing_since = NULL WHERE id = ANY(:ids) AND failing_since IS NOT NULL"
-        " RETURNING id",
+        "UPDATE webhook_endpoints SET failing_since = NULL, next_probe_at = NULL"
+        " WHERE id = ANY(:ids) AND failing_since IS NOT NULL RETURNING id",
         {"ids": list(endpoint_ids)},
     )
     recovered = [r["id"] for r in rows]
@@ -356,18 +400,20 @@ async def endpoints_recovered(conn: AsyncConnection, endpoint_ids: Sequence[uuid
 
 
 async def endpoints_failed(
-    conn: AsyncConnection, first_failure: dict[uuid.UUID, datetime]
+    conn: AsyncConnection, first_failure: dict[uuid.UUID, datetime], probe_interval_seconds: float
 ) -> dict[uuid.UUID, datetime]:
-    """Failures: when did each endpoint's current run of failures start?"""
+    """Failures: when did each endpoint's current run of failures start? (A newly failing
+    endpoint gets its first probe scheduled.)"""
     if not first_failure:
         return {}
     ids = list(first_failure)
     rows = await _all(
         conn,
-        "UPDATE webhook_endpoints e SET failing_since = COALESCE(e.failing_since, v.t)"
+        "UPDATE webhook_endpoints e SET failing_since = COALESCE(e.failing_since, v.t),"
+        " next_probe_at = COALESCE(e.next_probe_at, now() + make_interval(secs => CAST(:p AS double precision)))"
         " FROM unnest(CAST(:ids AS uuid[]), CAST(:ts AS timestamptz[])) AS v(id, t)"
         " WHERE e.id = v.id RETURNING e.id, e.failing_since",
-        {"ids": ids, "ts": [first_failure[i] for i in ids]},
+        {"ids": ids, "ts": [first_failure[i] for i in ids], "p": probe_interval_seconds},
     )
     return {r["id"]: r["failing_since"] for r in rows}
 
