@@ -10,8 +10,10 @@ deliveries, signed per Standard Webhooks.
 - Every attempt is kept (status, duration, the first KB of the answer, the error). Outcomes
   are written in batches (one transaction for everything that finished meanwhile), which
   keeps the database work per delivery small in a burst. Failures go back on the retry
-  schedule; a 410 or a run of failures longer than the configured window disables the
-  endpoint and emits `webhooks.endpoint.disabled`.
+  schedule; a failing endpoint is probed now and then with its oldest waiting delivery, and
+  its first success releases everything waiting; a 410 or a run of failures longer than the
+  configured window disables the endpoint and emits `webhooks.endpoint.disabled`.
+- A stopping worker lets its attempts in flight finish and be recorded.
 """
 
 from __future__ import annotations
