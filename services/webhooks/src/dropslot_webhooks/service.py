@@ -185,11 +185,11 @@ class Webhooks:
             except (OSError, TimeoutError):
                 return dest.url
             for info in infos:
-                address = info[4][0]
                 try:
-                    self.policy.check(str(address))
-                except UrlNotAllowed as exc:
-                    raise UrlNotAllowed(f"{dest.host} resolves to {exc}") from None
+                    self.policy.check(str(info[4][0]))
+                except UrlNotAllowed:
+                    # Not which address: the API must not become a window on internal DNS.
+                    raise UrlNotAllowed(f"{dest.host} resolves to an address that is not public") from None
             return dest.url
         except UrlNotAllowed as exc:
             raise UrlNotAllowedProblem(str(exc)) from None
@@ -218,7 +218,17 @@ class Webhooks:
             raise EndpointNotFound()
         return row
 
+    async def _authorize_only(self, principal: Principal, store_id: uuid.UUID | None,
+                              endpoint_id: uuid.UUID | None = None) -> None:
+        """Outsiders get their 404 before any validation (no DNS lookups on their behalf)."""
+        async with self.db.uow() as uow:
+            if endpoint_id is not None:
+                await self._authorize_endpoint(uow, principal, endpoint_id, store_id)
+            elif store_id is not None:
+                await self._authorize_store(uow, principal, store_id)
+
     async def create_endpoint(self, principal: Principal, store_id: uuid.UUID, data: EndpointInput) -> dict[str, Any]:
+        await self._authorize_only(principal, store_id)
         event_types = self.check_event_types(data.event_types)
         url = await self.check_url(data.url)
         secret = signing.generate_secret()
@@ -264,6 +274,7 @@ class Webhooks:
     async def update_endpoint(
         self, principal: Principal, endpoint_id: uuid.UUID, changes: dict[str, Any], store_id: uuid.UUID | None = None
     ) -> dict[str, Any]:
+        await self._authorize_only(principal, store_id, endpoint_id)
         if "url" in changes:
             if changes["url"] is None:
                 raise InvalidField("url", "url cannot be null")

@@ -42,8 +42,9 @@ class GuardedResolver(AbstractResolver):
         for r in results:
             try:
                 self.policy.check(r["host"])
-            except UrlNotAllowed as exc:
-                raise AddressNotAllowed(f"{host} resolves to {exc}") from None
+            except UrlNotAllowed:
+                # Not which address: the attempt log is shown to the store's owner.
+                raise AddressNotAllowed(f"{host} resolves to an address that is not public") from None
         return results
 
     async def close(self) -> None:
