@@ -339,7 +339,7 @@ async def db_ceiling(settings: Any, owner_drop_slot: str, seconds: float, levels
 async def booking_counters(system: Any) -> dict[str, float]:
     """Group-commit counters summed over the booking replicas (from their /metrics)."""
     wanted = ("booking_reserve_batch_size_sum", "booking_reserve_batch_size_count",
-              "booking_reserve_transaction_seconds_sum")
+              "booking_reserve_transaction_seconds_sum", "booking_reserve_transaction_seconds_count")
     out = dict.fromkeys(wanted, 0.0)
     async with aiohttp.ClientSession() as s:
         for proc in system.procs:
@@ -382,6 +382,16 @@ def peak_rss(system: Any) -> dict[str, float]:
     return rss
 
 
+def renice(system: Any, name: str, niceness: int) -> None:
+    """Lower a process's CPU priority (every thread of it): the storm before the e-mails."""
+    proc = system.find(name)
+    if proc.popen is None:
+        return
+    for task in Path(f"/proc/{proc.popen.pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, int(task.name), niceness)
+
+
 def stop_process(system: Any, name: str) -> None:
     import signal
 
@@ -401,10 +411,11 @@ async def run_phase(running: Any, settings: Any, apis: list[str], users: list[di
     cpu1, t1 = cpu_seconds(running.system), time.perf_counter()
     m1 = await booking_counters(running.system)
     summary = summarize(phase)
-    txns = m1["booking_reserve_batch_size_count"] - m0["booking_reserve_batch_size_count"]
+    txns = m1["booking_reserve_transaction_seconds_count"] - m0["booking_reserve_transaction_seconds_count"]
+    batches = m1["booking_reserve_batch_size_count"] - m0["booking_reserve_batch_size_count"]
     summary["reserve_transactions"] = int(txns)
     summary["avg_batch"] = round((m1["booking_reserve_batch_size_sum"] - m0["booking_reserve_batch_size_sum"])
-                                 / txns, 1) if txns else None
+                                 / batches, 1) if batches else 1.0
     summary["avg_transaction_ms"] = round(1000 * (m1["booking_reserve_transaction_seconds_sum"]
                                                   - m0["booking_reserve_transaction_seconds_sum"]) / txns, 1) \
         if txns else None
@@ -450,10 +461,16 @@ async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> d
         # The same storm with the event consumers of the other services stopped, then straight at
         # the booking replicas: how much of the two cores the downstream work and the gateway take.
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as s:
+            niced = await setup_drop(s, api, owner, store, product["id"], "Hot, consumers niced", 1, args.hot_seats)
             quiet = await setup_drop(s, api, owner, store, product["id"], "Hot, consumers paused", 1, args.hot_seats)
             direct = await setup_drop(s, api, owner, store, product["id"], "Hot, direct", 1, args.hot_seats)
+        consumers = ("audit", "notifications", "webhooks", "payments")
+        for name in consumers:
+            renice(running.system, name, 19)
+        report["phases"].append(await run_phase(running, settings, [api], users,
+                                                "hot slot, consumers at nice 19", niced, args.hot_seats, args))
         report["peak_rss_mb"] = peak_rss(running.system)
-        for name in ("audit", "notifications", "webhooks", "payments"):
+        for name in consumers:
             stop_process(running.system, name)
         say("stopped audit, notifications, webhooks and payments (their events wait in their queues)")
         report["phases"].append(await run_phase(running, settings, [api], users, "hot slot, consumers stopped",
