@@ -23,7 +23,7 @@ from dropslot_contracts import Envelope
 from dropslot_contracts.events.catalog import DropLive, DropPublished, DropSnapshot, StoreCreated
 from dropslot_kit.broker import Messaging
 from dropslot_kit.settings import KitSettings
-from dropslot_kit.testing import eventually
+from dropslot_kit.testing import Infra, drop_test_resources, eventually, fresh_settings
 from dropslot_kit.testkeys import JwksServer, TestSigner
 
 
@@ -152,7 +152,17 @@ async def signer() -> AsyncIterator[tuple[TestSigner, str]]:
 
 
 @pytest.fixture(scope="session")
-async def cluster(test_settings: KitSettings, signer: tuple[TestSigner, str]) -> AsyncIterator[Cluster]:
+def booking_test_settings(infra: Infra) -> Iterator[KitSettings]:
+    """A database and broker namespace of booking's own: these tests fake catalog and payments
+    events, and the shared test system's real payments service must not answer them."""
+    settings = fresh_settings(infra, "tb")
+    yield settings
+    drop_test_resources(settings)
+
+
+@pytest.fixture(scope="session")
+async def cluster(booking_test_settings: KitSettings, signer: tuple[TestSigner, str]) -> AsyncIterator[Cluster]:
+    test_settings = booking_test_settings
     key, url = signer
     settings = booking_settings(test_settings, url)
     async with contextlib.AsyncExitStack() as stack:
@@ -218,8 +228,8 @@ class EventTap:
 
 
 @pytest.fixture(scope="session")
-async def tap(cluster: Cluster, test_settings: KitSettings) -> AsyncIterator[EventTap]:
-    t = EventTap(test_settings)
+async def tap(cluster: Cluster, booking_test_settings: KitSettings) -> AsyncIterator[EventTap]:
+    t = EventTap(booking_test_settings)
     await t.start()
     yield t
     await t.stop()

@@ -112,13 +112,19 @@ def env_for(settings: KitSettings) -> dict[str, str]:
     }
 
 
+def fresh_settings(infra: Infra, prefix: str = "t") -> KitSettings:
+    """A new migrated database and broker namespace (remove with `drop_test_resources`)."""
+    suffix = uuid.uuid4().hex[:10]
+    settings = settings_for(infra, f"dropslot_{prefix}_{suffix}", f"{prefix}{suffix}")
+    with open(os.devnull, "w") as quiet:
+        prepare_database(settings, log=quiet)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def test_settings(infra: Infra) -> Iterator[KitSettings]:
     """A fresh, migrated database and a broker namespace for this test session."""
-    suffix = uuid.uuid4().hex[:10]
-    settings = settings_for(infra, f"dropslot_t_{suffix}", f"t{suffix}")
-    with open(os.devnull, "w") as quiet:
-        prepare_database(settings, log=quiet)
+    settings = fresh_settings(infra)
     yield settings
     drop_test_resources(settings)
 
