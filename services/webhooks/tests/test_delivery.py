@@ -417,3 +417,31 @@ async def _outbox(h: Harness, event_type: str) -> list[dict]:
         rows = await uow.conn.execute(text("SELECT envelope::text FROM outbox WHERE routing_key = :t"),
                                       {"t": event_type})
         return [json.loads(r[0]) for r in rows]
+
+
+async def test_delivery_continues_the_trace_of_the_event_that_caused_it(harness: Harness) -> None:
+    """One reservation is one trace from the gateway to the webhook delivery: the consumer's
+    trace is kept on the delivery row and the worker's send continues it."""
+    from dropslot_kit import telemetry
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    telemetry.add_span_processor("webhooks", SimpleSpanProcessor(exporter))
+    rx = await Receiver().start()
+    try:
+        await harness.endpoint(rx.url)
+        with telemetry.tracer().start_as_current_span("consume booking.reservation.created") as consume:
+            trace_id = consume.get_span_context().trace_id
+            assert await harness.fan_out(reservation_envelope(harness.store_id)) == 1
+        harness.start_worker()
+        await eventually(lambda: _count(rx, 1), timeout=20, what="delivery")
+
+        async def deliver_span():  # noqa: ANN202
+            return [s for s in exporter.get_finished_spans() if s.name.startswith("webhook deliver")]
+
+        [span] = await eventually(deliver_span, timeout=10, what="the delivery span")
+        assert span.context.trace_id == trace_id
+        assert span.parent is not None and span.parent.span_id == consume.get_span_context().span_id
+    finally:
+        await rx.stop()

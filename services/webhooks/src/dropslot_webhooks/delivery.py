@@ -31,6 +31,7 @@ import asyncpg
 from dropslot_contracts.events.webhooks import EndpointDisabled
 from dropslot_kit import telemetry
 from dropslot_kit.db import Database
+from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import SQLAlchemyError
 
 from .adapters import repository as repo
@@ -201,7 +202,11 @@ class DeliveryWorker:
                 "webhook-timestamp": str(timestamp),
                 "webhook-signature": signing.signature_header(keys, msg_id, timestamp, body),
             }
-            result = await self.sender.send(job["url"], headers, body)
+            with telemetry.continued_span(
+                f"webhook deliver {job['type']}", job.get("traceparent"), kind=SpanKind.CLIENT,
+                attributes={"webhook.endpoint_id": str(job["endpoint_id"]), "webhook.id": msg_id},
+            ):
+                result = await self.sender.send(job["url"], headers, body)
             _record_metric(result, job["type"])
         # The slot stays taken until the outcome is written (the lease says in flight till then).
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()

@@ -21,6 +21,7 @@ from dropslot_contracts.events.webhooks import (
     EndpointSecretRotated,
     EndpointUpdated,
 )
+from dropslot_kit import telemetry
 from dropslot_kit.auth import Principal
 from dropslot_kit.db import Database, UnitOfWork
 from dropslot_kit.memberships import OWNER, authorize_store
@@ -98,8 +99,10 @@ async def fan_out(env: Envelope, uow: UnitOfWork) -> int:
     store_id = store_of(env)
     if store_id is None:
         return 0
+    # The consumer's span continues the request's trace; deliveries made later carry it on.
     return await repo.fan_out(uow.conn, store_id=store_id, event_id=env.id, event_type=env.type,
-                              payload=delivery_body(env), occurred_at=env.occurred_at)
+                              payload=delivery_body(env), occurred_at=env.occurred_at,
+                              traceparent=telemetry.current_traceparent())
 
 
 # --- views ---------------------------------------------------------------------------------------

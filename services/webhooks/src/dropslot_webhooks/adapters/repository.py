@@ -138,18 +138,18 @@ async def delete_endpoint(conn: AsyncConnection, endpoint_id: uuid.UUID) -> Row 
 
 
 # --- deliveries ----------------------------------------------------------------------------------
-_FAN_OUT = text("SELECT fan_out(:store, :event, :type, CAST(:payload AS json), :occurred)")
+_FAN_OUT = text("SELECT fan_out(:store, :event, :type, CAST(:payload AS json), :occurred, :tp)")
 
 
 async def fan_out(
     conn: AsyncConnection, *, store_id: uuid.UUID, event_id: uuid.UUID, event_type: str, payload: str,
-    occurred_at: datetime,
+    occurred_at: datetime, traceparent: str | None = None,
 ) -> int:
     """One delivery per active endpoint of the store whose filter matches, in one round trip
     (the function in migration webhooks_0003 scopes the transaction to the store, then
     inserts); a repeat of the same event adds nothing. Returns how many were created."""
     result = await conn.execute(_FAN_OUT, {"store": store_id, "event": event_id, "type": event_type,
-                                           "payload": payload, "occurred": occurred_at})
+                                           "payload": payload, "occurred": occurred_at, "tp": traceparent})
     return int(result.scalar_one())
 
 
@@ -261,7 +261,7 @@ UPDATE webhook_events ev
 SET locked_until = now() + make_interval(secs => CAST(:lease AS double precision)), lock_token = :token
 FROM picked, webhook_endpoints e
 WHERE ev.id = picked.id AND e.id = ev.endpoint_id
-RETURNING ev.id, ev.endpoint_id, ev.store_id, ev.type, ev.payload::text AS payload, ev.retry_count,
+RETURNING ev.id, ev.endpoint_id, ev.store_id, ev.type, ev.payload::text AS payload, ev.traceparent, ev.retry_count,
           ev.attempt_count, ev.occurred_at, ev.created_at, e.url, e.secret, e.previous_secret,
           e.previous_secret_expires_at, false AS probe
 """)
@@ -292,7 +292,7 @@ UPDATE webhook_events ev
 SET locked_until = now() + make_interval(secs => CAST(:lease AS double precision)), lock_token = :token
 FROM picked, webhook_endpoints e
 WHERE ev.id = picked.id AND e.id = ev.endpoint_id
-RETURNING ev.id, ev.endpoint_id, ev.store_id, ev.type, ev.payload::text AS payload, ev.retry_count,
+RETURNING ev.id, ev.endpoint_id, ev.store_id, ev.type, ev.payload::text AS payload, ev.traceparent, ev.retry_count,
           ev.attempt_count, ev.occurred_at, ev.created_at, e.url, e.secret, e.previous_secret,
           e.previous_secret_expires_at, true AS probe
 """)
