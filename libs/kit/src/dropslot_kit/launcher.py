@@ -157,7 +157,7 @@ class System:
                 sys.executable, "-m", "uvicorn", f"dropslot_{proc.service}.main:create_app", "--factory",
                 "--host", "127.0.0.1", "--port", str(proc.port), "--no-access-log",
                 "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
-                "--timeout-graceful-shutdown", "5",
+                "--timeout-graceful-shutdown", "5", "--timeout-keep-alive", "75",
             ]
             if self.log_dir is not None:
                 proc.log_path = self.log_dir / f"{proc.name}.log"

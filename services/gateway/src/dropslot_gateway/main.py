@@ -87,6 +87,8 @@ class Gateway:
     # --- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
         connector = aiohttp.TCPConnector(
+            # Shorter than the services' own keep-alive (75 s, see the launcher and compose), so
+            # the gateway never reuses a connection the service has just closed (a 502).
             limit=0, limit_per_host=self.settings.max_connections_per_upstream, keepalive_timeout=30,
             ttl_dns_cache=300,
         )

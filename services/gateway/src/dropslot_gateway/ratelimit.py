@@ -15,7 +15,12 @@ log = logging.getLogger("dropslot.gateway.ratelimit")
 
 class RateLimiter:
     def __init__(self, url: str, prefix: str = "dropslot:rl"):
-        self.redis = redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # A blocking pool: under a storm more requests are in flight than there are connections,
+        # and they should queue for one briefly rather than fail open.
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=64, timeout=0.5, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+        self.redis = redis.Redis(connection_pool=pool)
         self.prefix = prefix
         self._warned_at = 0.0
 
