@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-
 from typing import TypeVar
 
 from .envelope import Event, routing_key_for
