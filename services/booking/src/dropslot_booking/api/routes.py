@@ -10,7 +10,6 @@ from dropslot_contracts.rules import as_utc
 from fastapi import APIRouter, Header, Query, Response
 from pydantic import BaseModel, Field, field_validator
 
-from ..domain import states
 from ..service import checkin, reservations, reserve, slots, waitlist
 from .deps import BookingDep, Caller, limit_param
 
@@ -169,4 +168,4 @@ async def checkin_public_key(bk: BookingDep) -> dict:
     return checkin.public_key(bk)
 
 
-__all__ = ["router", "states"]
+__all__ = ["router"]
