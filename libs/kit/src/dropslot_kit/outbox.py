@@ -40,6 +40,11 @@ class OutboxRelay:
         self.published = 0
         self.healthy = True
 
+    def wake(self) -> None:
+        """Relay now: for a writer that committed outbox rows without NOTIFY (the booking hot
+        path skips it, NOTIFY serialises commits cluster-wide while a hot row is locked)."""
+        self._wake.set()
+
     async def _connect(self) -> None:
         dsn = self.settings.plain_service_dsn()
         settings = {"search_path": self.schema, "application_name": f"dropslot-{self.settings.service}-relay"}

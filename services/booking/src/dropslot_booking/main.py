@@ -30,10 +30,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def on_startup(rt: ServiceRuntime) -> None:
         assert rt.db is not None
         hot = HotPath(settings, pool_size=settings.booking_pool_size)
-        # The kit's relay has no public "wake up" yet; its event is what LISTEN/NOTIFY sets.
-        wake = getattr(rt.relay, "_wake", None)
-        if wake is not None:
-            hot.on_commit = wake.set
+        if rt.relay is not None:
+            hot.on_commit = rt.relay.wake
         await hot.start()
         async with rt.db.uow() as uow:
             tokens = await keys.load_or_create(uow.conn)
