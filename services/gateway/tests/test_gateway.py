@@ -202,3 +202,10 @@ async def test_forwarded_for_is_ignored_from_untrusted_peers(infra):
     gw = Gateway(Settings(trusted_proxies=["10.0.0.0/8"], log_json=False))
     assert gw.client_ip("127.0.0.1", b"203.0.113.7") == "127.0.0.1"
     assert gw.client_ip("10.1.2.3", b"203.0.113.7, 10.9.9.9") == "203.0.113.7"
+
+
+async def test_oversized_body_is_a_413_problem_and_never_reaches_the_service(gw):
+    before = gw["b1"].hits + gw["b2"].hits
+    r = await gw["client"].post("/api/v1/reservations", content=b"x" * 1_100_000)
+    assert r.status_code == 413 and r.json()["type"].endswith("/payload-too-large")
+    assert gw["b1"].hits + gw["b2"].hits == before

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 from dropslot_kit import telemetry
 from dropslot_kit.auth import JWKSVerifier
-from dropslot_kit.errors import PROBLEM_BASE, Problem
+from dropslot_kit.errors import InvalidToken, Problem, RateLimited, problem_body
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .config import Settings
@@ -35,12 +35,16 @@ HOP_BY_HOP = {
 RESP_DROP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
 
 
-def problem(status: int, slug: str, title: str, detail: str | None = None, **extra: Any) -> tuple[int, bytes]:
-    body: dict[str, Any] = {"type": PROBLEM_BASE + slug, "title": title, "status": status}
-    if detail:
-        body["detail"] = detail
-    body.update(extra)
-    return status, json.dumps(body).encode()
+class BadGateway(Problem):
+    status, slug, title = 502, "bad-gateway", "Upstream unavailable"
+
+
+class GatewayTimeout(Problem):
+    status, slug, title = 504, "gateway-timeout", "Upstream timed out"
+
+
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
 
 
 class Upstream:
@@ -176,7 +180,7 @@ class Gateway:
             return 200, base + [(b"content-type", ctype)], body, None
         service = service_for(path)
         if service is None or service not in self.upstreams:
-            st, body = problem(404, "not-found", "Not found", f"no route for {path}")
+            st, body = 404, json.dumps(problem_body(404, "not-found", "Not found", f"no route for {path}")).encode()
             return st, base + [(b"content-type", b"application/problem+json")], body, "unmatched"
         try:
             st, headers, body = await self._proxy(scope, receive, service, request_id, req_headers)
@@ -194,7 +198,7 @@ class Gateway:
             chunk = msg.get("body", b"")
             size += len(chunk)
             if size > self.settings.max_body_bytes:
-                raise _TooLarge()
+                raise PayloadTooLarge(f"at most {self.settings.max_body_bytes} bytes")
             chunks.append(chunk)
             if not msg.get("more_body"):
                 return b"".join(chunks)
@@ -233,21 +237,12 @@ class Gateway:
             token = auth.decode("latin-1")
             scheme, _, value = token.partition(" ")
             if scheme.lower() != "bearer" or not value:
-                from dropslot_kit.errors import InvalidToken
-
                 raise InvalidToken("Authorization must be 'Bearer <token>'")
             principal = await self.verifier.verify(value.strip())
             user_key = str(principal.user_id)
         await self._rate_limit(method, scope["path"], client_ip, user_key)
 
-        try:
-            body = await self._read_body(receive)
-        except _TooLarge:
-            from dropslot_kit.errors import problem_body
-
-            return 413, [(b"content-type", b"application/problem+json")], json.dumps(
-                problem_body(413, "payload-too-large", "Request body too large")
-            ).encode()
+        body = await self._read_body(receive)
         query = scope.get("query_string", b"")
         suffix = scope["path"] + ("?" + query.decode("latin-1") if query else "")
         last_error: Exception | None = None
@@ -268,11 +263,10 @@ class Gateway:
                 continue
             except TimeoutError:
                 limit = self.settings.upstream_timeout_seconds
-                raise _Upstream(504, "gateway-timeout", "Upstream timed out",
-                                f"{service} did not answer within {limit:.0f}s") from None
+                raise GatewayTimeout(f"{service} did not answer within {limit:.0f}s") from None
             except aiohttp.ClientError as exc:
-                raise _Upstream(502, "bad-gateway", "Upstream failed", f"{service}: {type(exc).__name__}") from None
-        raise _Upstream(502, "bad-gateway", "Upstream unavailable", f"{service} is not reachable ({last_error!r})")
+                raise BadGateway(f"{service}: {type(exc).__name__}") from None
+        raise BadGateway(f"{service} is not reachable ({last_error!r})")
 
     async def _rate_limit(self, method: str, path: str, ip: str, user: str | None) -> None:
         if self.limiter is None:
@@ -283,8 +277,6 @@ class Gateway:
             keys.append((f"reserve:{user or ip}", s.rate_limit_reserve_per_minute))
         wait = await self.limiter.hit(keys)
         if wait is not None:
-            from dropslot_kit.errors import RateLimited
-
             raise RateLimited(f"try again in {wait}s", headers={"Retry-After": str(wait)})
 
     async def _ready(self) -> tuple[int, bytes]:
@@ -341,25 +333,6 @@ class Gateway:
                     merged["paths"].setdefault(p, {}).update(item)
             merged["components"]["schemas"].update(spec.get("components", {}).get("schemas", {}))
         return json.dumps(merged).encode()
-
-
-class _TooLarge(Exception):
-    pass
-
-
-class _Upstream(Problem):
-    def __init__(self, status: int, slug: str, title: str, detail: str):
-        super().__init__(detail)
-        self._status, self._slug, self._title = status, slug, title
-
-    @property  # type: ignore[override]
-    def status(self) -> int:
-        return self._status
-
-    def body(self, instance: str | None = None) -> dict[str, Any]:
-        from dropslot_kit.errors import problem_body
-
-        return problem_body(self._status, self._slug, self._title, self.detail, instance)
 
 
 def create_app(settings: Settings | None = None) -> Gateway:
