@@ -23,8 +23,8 @@ from dropslot_kit.testproxy import TcpProxy
 from sqlalchemy import text
 
 
-def store_event(name: str = "s") -> StoreUpdated:
-    return StoreUpdated(store_id=uuid.uuid4(), tenant_key="t1", name=name, slug=name)
+def store_event(name: str = "s", tenant: str = "t1") -> StoreUpdated:
+    return StoreUpdated(store_id=uuid.uuid4(), tenant_key=tenant, name=name, slug=name)
 
 
 class Harness:
@@ -44,8 +44,11 @@ class Harness:
         async def record(env: Envelope, uow) -> None:
             if env.data["name"] in self.fail_names:
                 raise RuntimeError("poison")
-            await uow.execute("INSERT INTO kit_probe (event_id, handler, name) VALUES (:e, :h, :n)",
-                              {"e": env.id, "h": self.handler, "n": env.data["name"]})
+            # Which transaction handled it, and which tenant row-level security saw.
+            await uow.execute(
+                "INSERT INTO kit_probe (event_id, handler, name, txid, tenant)"
+                " VALUES (:e, :h, :n, txid_current(), current_setting('dropslot.tenant', true))",
+                {"e": env.id, "h": self.handler, "n": env.data["name"]})
 
         self.producer = Messaging(self.producer_settings, self.producer_db)
         self.consumer = Messaging(self.consumer_settings, self.consumer_db, consumers)
@@ -58,7 +61,8 @@ class Harness:
     async def start(self, *, relay: bool = True) -> None:
         async with self.consumer_db.engine.begin() as conn:
             await conn.execute(text(
-                "CREATE TABLE IF NOT EXISTS kit_probe (event_id uuid, handler text, name text, at timestamptz DEFAULT now())"
+                "CREATE TABLE IF NOT EXISTS kit_probe (event_id uuid, handler text, name text, txid bigint, tenant text,"
+                " at timestamptz DEFAULT now())"
             ))
         await self.producer.start()
         await self.consumer.start()
@@ -83,10 +87,17 @@ class Harness:
         await self.producer_db.dispose()
         await self.consumer_db.dispose()
 
-    async def emit(self, *names: str) -> list[uuid.UUID]:
+    async def emit(self, *names: str, tenant: str = "t1") -> list[uuid.UUID]:
         async with self.producer_db.uow() as uow:
-            envs = [uow.emit(store_event(n)) for n in names]
+            envs = [uow.emit(store_event(n, tenant), tenant_key=tenant) for n in names]
         return [e.id for e in envs]
+
+    async def rows(self) -> list[dict]:
+        async with self.consumer_db.engine.connect() as conn:
+            result = await conn.execute(
+                text("SELECT name, txid, tenant FROM kit_probe WHERE handler = :h"), {"h": self.handler}
+            )
+            return [dict(r._mapping) for r in result]
 
     async def effects(self) -> dict[str, int]:
         async with self.consumer_db.engine.connect() as conn:
@@ -151,6 +162,61 @@ async def test_poison_message_is_dead_lettered_after_retries_while_others_flow(h
     assert msg.headers["x-dropslot-attempt"] == 2  # two retries (100 ms, 200 ms), then dead-lettered
     assert "poison" in msg.headers["x-dropslot-error"]
     assert "poison" not in await harness.effects()
+
+
+async def test_a_burst_is_handled_in_few_transactions_each_event_once(harness):
+    names = [f"burst-{i}" for i in range(300)]
+    await harness.emit(*names)
+    await eventually(lambda: _has(harness, *names), timeout=30, what="all 300 events")
+    rows = await harness.rows()
+    assert sorted(r["name"] for r in rows) == sorted(names)  # each exactly once
+    transactions = {r["txid"] for r in rows}
+    assert len(transactions) < len(names) / 4, f"{len(transactions)} transactions for {len(names)} events"
+
+
+async def test_each_event_of_a_batch_runs_under_its_own_tenant(harness):
+    """Row-level security in a batch: the tenant is switched per event, and cleared for none."""
+    await harness.stop_relay()  # let them pile up, so they arrive as one batch
+    await harness.emit(*[f"a-{i}" for i in range(20)], tenant="tenant-a")
+    await harness.emit(*[f"b-{i}" for i in range(20)], tenant="tenant-b")
+    async with harness.producer_db.uow() as uow:
+        for i in range(20):
+            uow.emit(StoreUpdated(store_id=uuid.uuid4(), tenant_key="x", name=f"none-{i}", slug="n"), tenant_key=None)
+    harness.start_relay()
+    names = [f"{p}-{i}" for p in ("a", "b", "none") for i in range(20)]
+    await eventually(lambda: _has(harness, *names), timeout=30, what="all 60 events")
+    rows = await harness.rows()
+    want = {"a": "tenant-a", "b": "tenant-b", "none": ""}
+    assert all(r["tenant"] == want[r["name"].split("-")[0]] for r in rows), rows
+    assert len({r["txid"] for r in rows}) < len(rows)  # they did share transactions
+
+
+async def test_a_failing_event_in_a_batch_fails_alone(harness, test_settings):
+    """The poisoned event is retried and dead-lettered; its batch-mates each take effect once."""
+    harness.fail_names.add("bad")
+    await harness.stop_relay()
+    names = [f"mate-{i}" for i in range(40)]
+    await harness.emit(*names[:20], "bad", *names[20:])
+    harness.start_relay()
+    await eventually(lambda: _has(harness, *names), timeout=30, what="the batch-mates")
+    qname = f"{test_settings.broker_namespace}.audit.{harness.handler}"
+    from dropslot_kit.dlq import peek
+
+    dead = await eventually(lambda: peek(test_settings, qname), timeout=20, what="the bad event in the DLQ")
+    assert len(dead) == 1 and "poison" in dead[0]["error"]
+    effects = await harness.effects()
+    assert "bad" not in effects and all(effects[n] == 1 for n in names)
+
+
+async def test_duplicates_inside_one_batch_take_effect_once(harness):
+    env = Envelope.wrap(store_event("dup"), producer="catalog")
+    body = env.model_dump_json().encode()
+    await asyncio.gather(*(harness.producer.publish_raw(env.routing_key, body, message_id=str(env.id), headers={})
+                           for _ in range(10)))
+    await harness.emit("after-dups")
+    await eventually(lambda: _has(harness, "dup", "after-dups"), what="the duplicated event")
+    await asyncio.sleep(0.3)
+    assert (await harness.effects())["dup"] == 1
 
 
 async def test_dead_lettered_message_can_be_listed_and_replayed(harness, test_settings):

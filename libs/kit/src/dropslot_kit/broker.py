@@ -8,6 +8,14 @@ Topology (names prefixed by the broker namespace, `dropslot` by default):
 - `<queue>.retry.<n>`: delay queues (message TTL growing with n) that dead-letter back
   into the consumer queue. A handler error moves the message one step along; after
   the last step it goes to `<queue>.dlq`, where an operator can list and replay it.
+
+Consuming is batched (group commit): deliveries of one consumer that arrive while its
+transaction is in flight are handled together in the next one — one BEGIN/COMMIT, one
+inbox statement, one outbox write for the lot — and each is acknowledged only after that
+commit. Under a storm this turns hundreds of small transactions a second into a few large
+ones; when idle a batch is one message, so nothing waits. If anything in a batch fails, the
+batch is rolled back and its messages are handled again one transaction each, so only the
+failing one is retried or dead-lettered.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from faststream import AckPolicy
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.annotations import RabbitMessage
 from faststream.rabbit.schemas import Channel, QueueType
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 
 from . import context, inbox, telemetry
 from .context import CallContext
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dropslot.broker")
 
 Handler = Callable[["Envelope", "UnitOfWork"], Awaitable[None]]
+ManyHandler = Callable[[list["Envelope"], "UnitOfWork"], Awaitable[None]]
 ATTEMPT_HEADER = "x-dropslot-attempt"
 
 
@@ -63,8 +72,9 @@ def make_broker(settings: KitSettings) -> RabbitBroker:
 class Consumer:
     name: str
     patterns: tuple[str, ...]
-    fn: Handler
+    fn: Handler | None = None
     prefetch: int | None = None
+    many: ManyHandler | None = None  # takes a whole batch at once (e.g. one multi-row INSERT)
 
 
 @dataclass
@@ -75,11 +85,64 @@ class EventConsumers:
     consumers: list[Consumer] = field(default_factory=list)
 
     def on(self, *patterns: str, name: str | None = None, prefetch: int | None = None) -> Callable[[Handler], Handler]:
+        """A handler called once per event, inside the (batch's) transaction."""
+
         def register(fn: Handler) -> Handler:
-            self.consumers.append(Consumer(name or fn.__name__, patterns, fn, prefetch))
+            self.consumers.append(Consumer(name or fn.__name__, patterns, fn=fn, prefetch=prefetch))
             return fn
 
         return register
+
+    def on_many(
+        self, *patterns: str, name: str | None = None, prefetch: int | None = None
+    ) -> Callable[[ManyHandler], ManyHandler]:
+        """A handler called once per batch with the events not seen before, in delivery order.
+        It runs with no per-event call context (actor, trace): for sinks that emit nothing."""
+
+        def register(fn: ManyHandler) -> ManyHandler:
+            self.consumers.append(Consumer(name or fn.__name__, patterns, many=fn, prefetch=prefetch))
+            return fn
+
+        return register
+
+
+@dataclass
+class _Delivery:
+    env: Envelope
+    parent: Any  # the OpenTelemetry context the consume span continues
+    done: asyncio.Future[None]
+
+
+class _Batcher:
+    """Collects one consumer's deliveries and hands them to `run` in batches, one at a time."""
+
+    def __init__(self, run: Callable[[list[_Delivery]], Awaitable[None]], max_size: int):
+        self._run = run
+        self._max = max_size
+        self._pending: list[_Delivery] = []
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, env: Envelope, parent: Any) -> None:
+        item = _Delivery(env, parent, asyncio.get_running_loop().create_future())
+        self._pending.append(item)
+        if self._task is None:
+            self._task = asyncio.create_task(self._drain())
+        await asyncio.shield(item.done)
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                try:
+                    await self._run(batch)
+                except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
+                    for item in batch:
+                        if not item.done.done():
+                            item.done.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+        finally:
+            self._task = None
 
 
 class Messaging:
@@ -93,6 +156,7 @@ class Messaging:
         self.exchange = events_exchange(settings)
         self.dlx = dlx_exchange(settings)
         self._subscribers: dict[str, Any] = {}
+        self._batchers: dict[str, _Batcher] = {}
         for consumer in self.consumers:
             self._subscribe(consumer)
 
@@ -182,37 +246,118 @@ class Messaging:
             log.error("poison message on %s (not an envelope): %s", qname, exc)
             await self._dead_letter(consumer, qname, raw, headers, f"not an envelope: {exc}")
             return
-        token = context.set_current(
-            CallContext(actor=env.actor, correlation_id=env.correlation_id, request_id=env.correlation_id)
-        )
+        # The relay's publish span (message header) is the nearest parent; the envelope's own
+        # trace context (the request that emitted it) is the fallback, e.g. for a hand-made
+        # publish or a replay from the dead-letter queue that lost its headers.
+        carrier: dict[str, Any] = env.trace.model_dump(exclude_none=True)
+        if headers.get("traceparent"):
+            carrier = {k: headers[k] for k in ("traceparent", "tracestate") if headers.get(k)}
+        parent = telemetry.extract_context(carrier)
         try:
-            # The relay's publish span (message header) is the nearest parent; the envelope's own
-            # trace context (the request that emitted it) is the fallback, e.g. for a hand-made
-            # publish or a replay from the dead-letter queue that lost its headers.
-            carrier: dict[str, Any] = env.trace.model_dump(exclude_none=True)
-            if headers.get("traceparent"):
-                carrier = {k: headers[k] for k in ("traceparent", "tracestate") if headers.get(k)}
-            parent = telemetry.extract_context(carrier)
-            with telemetry.tracer().start_as_current_span(
-                f"consume {env.type}", context=parent, kind=SpanKind.CONSUMER,
-                attributes={"messaging.system": "rabbitmq", "messaging.destination.name": qname,
-                            "messaging.message.id": str(env.id)},
-            ):
-                await self._run_handler(consumer, env)
+            if self.db is None:
+                await self._run_alone(consumer, env, parent)
+            else:
+                await self._batcher(consumer).submit(env, parent)
             telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "ok").inc()
         except Exception as exc:  # the handler failed: retry later, or dead-letter
             telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "error").inc()
             await self._retry_or_dead_letter(consumer, qname, raw, headers, exc, str(env.id))
+
+    def _batcher(self, consumer: Consumer) -> _Batcher:
+        batcher = self._batchers.get(consumer.name)
+        if batcher is None:
+            size = self.settings.consume_batch_max if self.settings.consume_batching else 1
+
+            async def run(batch: list[_Delivery]) -> None:
+                await self._run_batch(consumer, batch)
+
+            batcher = self._batchers[consumer.name] = _Batcher(run, size)
+        return batcher
+
+    @contextlib.contextmanager
+    def _consuming(self, consumer: Consumer, env: Envelope, parent: Any) -> Any:
+        """The call context (actor, correlation) and the CONSUMER span of one event."""
+        token = context.set_current(
+            CallContext(actor=env.actor, correlation_id=env.correlation_id, request_id=env.correlation_id)
+        )
+        try:
+            with telemetry.tracer().start_as_current_span(**self._span_args(consumer, env, parent)) as span:
+                yield span
         finally:
             context.reset(token)
 
-    async def _run_handler(self, consumer: Consumer, env: Envelope) -> None:
-        if self.db is None:
-            await consumer.fn(env, None)  # type: ignore[arg-type]
+    def _span_args(self, consumer: Consumer, env: Envelope, parent: Any) -> dict[str, Any]:
+        return {
+            "name": f"consume {env.type}", "context": parent, "kind": SpanKind.CONSUMER,
+            "attributes": {"messaging.system": "rabbitmq", "messaging.destination.name": self.queue_name(consumer),
+                           "messaging.message.id": str(env.id)},
+        }
+
+    async def _run_alone(self, consumer: Consumer, env: Envelope, parent: Any) -> None:
+        """A consumer without a database (no inbox): the handler alone."""
+        with self._consuming(consumer, env, parent):
+            if consumer.many is not None:
+                await consumer.many([env], None)  # type: ignore[arg-type]
+            else:
+                assert consumer.fn is not None
+                await consumer.fn(env, None)  # type: ignore[arg-type]
+
+    async def _run_batch(self, consumer: Consumer, batch: list[_Delivery]) -> None:
+        """All of `batch` in one transaction; if that fails, each on its own, so only the
+        failing event is retried. Resolves every delivery's future."""
+        try:
+            await self._transaction(consumer, batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                batch[0].done.set_exception(exc)
+                return
+            log.info("batch of %d on %s failed (%r): handling each alone", len(batch), consumer.name, exc)
+            for item in batch:
+                try:
+                    await self._transaction(consumer, [item])
+                except Exception as one:  # noqa: BLE001 - this event's own failure
+                    item.done.set_exception(one)
+                else:
+                    item.done.set_result(None)
             return
-        async with self.db.uow(tenant_key=env.tenant_key) as uow:
-            if await inbox.claim(uow.conn, env.id, consumer.name):
-                await consumer.fn(env, uow)
+        for item in batch:
+            item.done.set_result(None)
+        telemetry.CONSUME_BATCH.labels(self.settings.service, consumer.name).observe(len(batch))
+
+    async def _transaction(self, consumer: Consumer, batch: list[_Delivery]) -> None:
+        assert self.db is not None
+        async with self.db.uow() as uow:
+            fresh = await inbox.claim_many(uow.conn, [item.env.id for item in batch], consumer.name)
+            todo = []
+            for item in batch:  # a duplicate inside the batch has its effect once, too
+                if item.env.id in fresh:
+                    fresh.discard(item.env.id)
+                    todo.append(item)
+            if consumer.many is not None:
+                if todo:
+                    await self._run_many(consumer, todo, uow)
+                return
+            assert consumer.fn is not None
+            for item in todo:
+                with self._consuming(consumer, item.env, item.parent):
+                    await uow.switch_tenant(item.env.tenant_key)
+                    await consumer.fn(item.env, uow)
+
+    async def _run_many(self, consumer: Consumer, todo: list[_Delivery], uow: UnitOfWork) -> None:
+        """One call for the batch; each event still gets its CONSUMER span in its own trace."""
+        assert consumer.many is not None
+        tracer = telemetry.tracer()
+        spans = [tracer.start_span(**self._span_args(consumer, item.env, item.parent)) for item in todo]
+        try:
+            await consumer.many([item.env for item in todo], uow)
+        except Exception as exc:
+            for span in spans:
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR)
+            raise
+        finally:
+            for span in spans:
+                span.end()
 
     async def _retry_or_dead_letter(
         self, consumer: Consumer, qname: str, raw: bytes, headers: dict[str, Any], exc: Exception, msg_id: str

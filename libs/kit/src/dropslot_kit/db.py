@@ -74,6 +74,17 @@ class UnitOfWork:
         self.tenant_key = tenant_key
         await self.conn.execute(text("SELECT set_config('dropslot.tenant', :t, true)"), {"t": tenant_key})
 
+    async def switch_tenant(self, tenant_key: str | None) -> None:
+        """Make `tenant_key` the transaction's tenant (None: no tenant, so tenant rows stay
+        hidden), skipping the round trip when it already is. Batched consumers call it per event."""
+        if tenant_key == self.tenant_key:
+            return
+        if tenant_key is None:
+            await self.conn.execute(text("SELECT set_config('dropslot.tenant', '', true)"))
+            self.tenant_key = None
+        else:
+            await self.set_tenant(tenant_key)
+
     async def execute(self, sql: str, params: dict[str, Any] | None = None) -> Any:
         return await self.conn.execute(text(sql), params or {})
 

@@ -25,6 +25,10 @@ class KitSettings(BaseSettings):
     # Prefix of the exchanges and queues, so several systems can share one broker.
     broker_namespace: str = "dropslot"
     prefetch: int = 64
+    # Group commit for consumers: deliveries that arrive while a consumer's transaction is in
+    # flight share the next one (at most this many; bounded by the prefetch too).
+    consume_batching: bool = True
+    consume_batch_max: int = 64
     delivery_limit: int = 5
     retry_delays_ms: list[int] = Field(default_factory=lambda: [1_000, 5_000, 30_000])
 

@@ -53,6 +53,10 @@ HTTP_LATENCY = Histogram(
 )
 MESSAGES_PUBLISHED = Counter("messages_published_total", "Events published by the outbox relay", ["service"])
 MESSAGES_CONSUMED = Counter("messages_consumed_total", "Events consumed", ["service", "handler", "outcome"])
+CONSUME_BATCH = Histogram(
+    "messages_consume_batch_size", "Events handled per consumer transaction", ["service", "handler"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 MESSAGES_RETRIED = Counter("messages_retried_total", "Events sent to a retry queue", ["service", "handler"])
 MESSAGES_DEAD = Counter("messages_dead_lettered_total", "Events sent to a dead-letter queue", ["service", "handler"])
 OUTBOX_BACKLOG = Gauge("outbox_backlog", "Unpublished outbox events", ["service"])

@@ -31,10 +31,10 @@ class InvalidCursor(Problem):
 
 
 # --- recording ---------------------------------------------------------------------------------
-async def record(uow: UnitOfWork, env: Envelope) -> None:
-    """One row per event; the kit's inbox (same transaction) makes a redelivery a no-op, and
-    the unique (event_id, created_at) would too."""
-    await repo.insert_entry(uow.conn, entry_from_envelope(env))
+async def record(uow: UnitOfWork, envs: list[Envelope]) -> None:
+    """One row per event, a whole batch in one statement; the kit's inbox (same transaction)
+    makes a redelivery a no-op, and the unique (event_id, created_at) would too."""
+    await repo.insert_entries(uow.conn, [entry_from_envelope(env) for env in envs])
 
 
 # --- reading -----------------------------------------------------------------------------------

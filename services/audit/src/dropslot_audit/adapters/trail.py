@@ -42,25 +42,35 @@ _known_months: dict[str, set[Month]] = {}
 
 
 async def insert_entry(conn: AsyncConnection, entry: AuditEntry) -> None:
-    """Append one entry. An event for a month without a partition (a replay from long ago, a
-    clock far ahead) creates that month's partition first, in this transaction."""
-    params = {
-        "event_id": entry.event_id, "actor_user_id": entry.actor_user_id, "action": entry.action,
-        "entity": entry.entity, "entity_id": entry.entity_id, "store_id": entry.store_id,
-        "tenant_key": entry.tenant_key, "before": _json(entry.before), "after": _json(entry.after),
-        "data": _json(entry.data), "ip": entry.ip, "ua": entry.ua, "producer": entry.producer,
-        "correlation_id": entry.correlation_id, "created_at": entry.created_at,
-    }
-    month = Month.of(entry.created_at)
+    """Append one entry (see `insert_entries`)."""
+    await insert_entries(conn, [entry])
+
+
+async def insert_entries(conn: AsyncConnection, entries: list[AuditEntry]) -> None:
+    """Append entries in one statement. An event for a month without a partition (a replay from
+    long ago, a clock far ahead) creates that month's partition first, in this transaction."""
+    if not entries:
+        return
+    rows = [
+        {
+            "event_id": e.event_id, "actor_user_id": e.actor_user_id, "action": e.action,
+            "entity": e.entity, "entity_id": e.entity_id, "store_id": e.store_id,
+            "tenant_key": e.tenant_key, "before": _json(e.before), "after": _json(e.after),
+            "data": _json(e.data), "ip": e.ip, "ua": e.ua, "producer": e.producer,
+            "correlation_id": e.correlation_id, "created_at": e.created_at,
+        }
+        for e in entries
+    ]
     known = _known_months.setdefault(conn.engine.url.render_as_string(), set())
-    if month not in known:
+    months = {Month.of(e.created_at) for e in entries}
+    for month in sorted(months - known):
         await create_partition(conn, month)
         known.add(month)
     try:
-        await conn.execute(_INSERT, params)
+        await conn.execute(_INSERT, rows)
     except DBAPIError as exc:
         if getattr(exc.orig, "sqlstate", None) == NO_PARTITION_SQLSTATE and "partition" in str(exc.orig):
-            known.discard(month)
+            known.difference_update(months)
         raise
 
 
