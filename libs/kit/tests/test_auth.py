@@ -1,3 +1,4 @@
+import asyncio
 import uuid
 
 import pytest
@@ -70,3 +71,42 @@ def _alter(token: str) -> str:
     claims["roles"] = [{"code": "platform_admin", "store_id": None}]
     forged = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     return f"{head}.{forged}.{sig}"
+
+
+async def test_a_verified_token_is_remembered_but_never_past_its_expiry(keys, monkeypatch):
+    signer, server = keys
+    v = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", leeway=0)
+    token = signer.token(ttl=2)
+    first = await v.verify(token)
+    calls = 0
+    real = v._verify
+
+    async def counting(t: str):
+        nonlocal calls
+        calls += 1
+        return await real(t)
+
+    monkeypatch.setattr(v, "_verify", counting)
+    assert await v.verify(token) == first and calls == 0  # remembered: no second signature check
+    await asyncio.sleep(2.2)  # the token has expired
+    with pytest.raises(InvalidToken):
+        await v.verify(token)
+    assert calls == 1
+
+
+async def test_an_altered_token_is_not_taken_for_a_remembered_one(keys):
+    signer, server = keys
+    v = verifier(server.url)
+    token = signer.token()
+    await v.verify(token)
+    with pytest.raises(InvalidToken):
+        await v.verify(_alter(token))
+
+
+async def test_remembered_tokens_are_bounded(keys):
+    signer, server = keys
+    v = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", verified_max=3)
+    tokens = [signer.token() for _ in range(5)]
+    for t in tokens:
+        await v.verify(t)
+    assert list(v._verified) == tokens[2:]

@@ -4,6 +4,11 @@ Tokens are short-lived JWTs signed with an asymmetric key (EdDSA or ES256); the 
 in the header picks the key. An unknown key id refreshes the JWKS (at most every few
 seconds, so a flood of forged kids cannot hammer identity); keys otherwise live for
 `cache_seconds`, so a rotation is picked up without logging anyone out.
+
+A token that verified is remembered (by its exact text) until it expires, for at most
+`verified_ttl` seconds: during a drop the same person sends many requests with one token,
+and the signature check is the costliest part of a request at the gateway. The memory is
+bounded (oldest forgotten first); an expired token is refused even if remembered.
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ class JWKSVerifier:
         cache_seconds: float = 300.0,
         min_refresh_interval: float = 5.0,
         leeway: float = 5.0,
+        verified_ttl: float = 60.0,
+        verified_max: int = 20_000,
     ):
         self.jwks_url = jwks_url
         self.issuer = issuer
@@ -86,6 +93,9 @@ class JWKSVerifier:
         self._keys: dict[str, Any] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
+        self.verified_ttl = verified_ttl
+        self.verified_max = verified_max
+        self._verified: dict[str, tuple[Principal, float]] = {}  # token -> (principal, good until)
 
     async def _refresh(self, *, force: bool) -> None:
         async with self._lock:
@@ -116,6 +126,20 @@ class JWKSVerifier:
             raise InvalidToken("unknown signing key") from None
 
     async def verify(self, token: str) -> Principal:
+        hit = self._verified.get(token)
+        if hit is not None:
+            if time.time() < hit[1]:
+                return hit[0]
+            del self._verified[token]
+        principal = await self._verify(token)
+        if self.verified_ttl > 0:
+            exp = float(principal.claims["exp"]) + self.leeway
+            if len(self._verified) >= self.verified_max:
+                del self._verified[next(iter(self._verified))]  # the oldest remembered
+            self._verified[token] = (principal, min(exp, time.time() + self.verified_ttl))
+        return principal
+
+    async def _verify(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
