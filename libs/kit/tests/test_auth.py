@@ -1,6 +1,8 @@
 import asyncio
+import time
 import uuid
 
+import jwt
 import pytest
 from dropslot_kit.auth import JWKSVerifier
 from dropslot_kit.errors import InvalidToken
@@ -37,9 +39,15 @@ async def test_keys_are_cached_between_verifications(keys):
     assert server.hits == 1
 
 
-@pytest.mark.parametrize("case", ["other-key", "expired", "altered", "wrong-audience", "garbage", "refresh-typ"])
+BAD = ["other-key", "expired", "altered", "wrong-audience", "garbage", "refresh-typ", "wrong-issuer", "alg-none",
+       "no-exp", "no-sub", "issued-in-future", "not-yet-valid", "bad-signature", "four-segments", "not-base64",
+       "alg-hs256", "header-not-object"]
+
+
+@pytest.mark.parametrize("case", BAD)
 async def test_bad_tokens_are_refused(keys, case):
     signer, server = keys
+    now = int(time.time())
     token = {
         "other-key": lambda: TestSigner(kid=signer.kid).token(),
         "expired": lambda: signer.token(ttl=-60),
@@ -47,6 +55,20 @@ async def test_bad_tokens_are_refused(keys, case):
         "wrong-audience": lambda: signer.token(audience="someone-else"),
         "garbage": lambda: "not-a-token",
         "refresh-typ": lambda: signer.token(typ="refresh"),
+        "wrong-issuer": lambda: signer.token(issuer="someone-else"),
+        "alg-none": lambda: _unsigned(signer, {"sub": "x", "iss": "dropslot-identity", "aud": "dropslot",
+                                               "iat": now, "exp": now + 60}),
+        "no-exp": lambda: _signed(signer, {"sub": str(uuid.uuid4()), "iss": "dropslot-identity", "aud": "dropslot",
+                                           "iat": now}),
+        "no-sub": lambda: _signed(signer, {"iss": "dropslot-identity", "aud": "dropslot", "iat": now, "exp": now + 60}),
+        "issued-in-future": lambda: signer.token(iat=now + 3600),
+        "not-yet-valid": lambda: signer.token(nbf=now + 3600),
+        "bad-signature": lambda: signer.token()[:-4] + "AAAA",
+        "four-segments": lambda: signer.token() + ".AAAA",
+        "not-base64": lambda: "a$b.c*d.e!f",
+        "alg-hs256": lambda: jwt.encode({"sub": "x", "iss": "dropslot-identity", "aud": "dropslot", "iat": now,
+                                         "exp": now + 60}, "secret", algorithm="HS256", headers={"kid": signer.kid}),
+        "header-not-object": lambda: _b64(b"[1]") + "." + signer.token().split(".", 1)[1],
     }[case]()
     with pytest.raises(InvalidToken):
         await verifier(server.url).verify(token)
@@ -60,6 +82,29 @@ async def test_rotated_key_is_picked_up_without_restart(keys):
     server.signers.append(new)  # identity rotates: the old key stays published, the new one signs
     await v.verify(new.token())
     await v.verify(signer.token())
+
+
+async def test_an_audience_list_that_names_us_is_accepted(keys):
+    signer, server = keys
+    p = await verifier(server.url).verify(signer.token(audience=["other", "dropslot"]))
+    assert p.user_id
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _signed(signer: TestSigner, claims: dict) -> str:
+    return jwt.encode(claims, signer.key, algorithm="EdDSA", headers={"kid": signer.kid})
+
+
+def _unsigned(signer: TestSigner, claims: dict) -> str:
+    import json
+
+    head = _b64(json.dumps({"alg": "none", "kid": signer.kid}).encode())
+    return f"{head}.{_b64(json.dumps(claims).encode())}."
 
 
 def _alter(token: str) -> str:

@@ -167,7 +167,10 @@ class JWKSVerifier:
             raise InvalidToken("token signature or claims are invalid") from None
         if claims.get("typ", "access") != "access":
             raise InvalidToken("not an access token")
-        return principal_from_claims(claims)
+        try:
+            return principal_from_claims(claims)
+        except (KeyError, ValueError, TypeError, AttributeError):
+            raise InvalidToken("token claims are malformed") from None
 
 
 def bearer_token(request: Request) -> str | None:
