@@ -12,6 +12,7 @@ import uvicorn
 from aiohttp import web
 from dropslot_gateway.config import Settings
 from dropslot_gateway.main import Gateway
+from dropslot_gateway.ratelimit import RateLimiter
 from dropslot_gateway.routes import service_for
 from dropslot_kit.launcher import free_port
 from dropslot_kit.testkeys import JwksServer, TestSigner
@@ -209,3 +210,32 @@ async def test_oversized_body_is_a_413_problem_and_never_reaches_the_service(gw)
     r = await gw["client"].post("/api/v1/reservations", content=b"x" * 1_100_000)
     assert r.status_code == 413 and r.json()["type"].endswith("/payload-too-large")
     assert gw["b1"].hits + gw["b2"].hits == before
+
+
+async def test_limits_are_shared_between_replicas_through_redis(infra):
+    """Two gateway replicas' limiters on one Redis: a budget spent on one is refused on the other."""
+    prefix = f"rl-test:{uuid.uuid4().hex}"
+    a, b = RateLimiter(infra.redis_url, prefix), RateLimiter(infra.redis_url, prefix)
+    try:
+        assert [a.hit([("user:u", 5)]) for _ in range(5)] == [None] * 5
+        await a.sync()
+        assert b.hit([("user:u", 5)]) is None  # b has not heard yet: the bounded overshoot
+        await b.sync()  # pushes its own count, learns the global 6
+        wait = b.hit([("user:u", 5)])
+        assert wait is not None and 1 <= wait <= 60
+        assert b.hit([("user:other", 5)]) is None  # per key
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_limits_hold_per_replica_while_redis_is_unreachable():
+    limiter = RateLimiter(f"redis://127.0.0.1:{free_port()}/0", "rl-test:down")
+    try:
+        codes = []
+        for _ in range(6):
+            codes.append(limiter.hit([("user:u", 3)]))
+            await limiter.sync()  # fails: nothing listens there
+        assert codes[:3] == [None] * 3 and all(c is not None for c in codes[3:])
+    finally:
+        await limiter.close()

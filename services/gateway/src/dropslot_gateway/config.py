@@ -24,5 +24,7 @@ class Settings(KitSettings):
     rate_limit_ip_per_minute: int = 6000
     rate_limit_reserve_per_minute: int = 30
     rate_limit_prefix: str = "dropslot:rl"
+    # How often each replica shares its counts through Redis (see ratelimit.py).
+    rate_limit_sync_seconds: float = 0.05
     # Peers whose X-Forwarded-For is believed (a load balancer or CDN in front of the gateway).
     trusted_proxies: list[str] = Field(default_factory=list)

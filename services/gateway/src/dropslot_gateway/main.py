@@ -103,7 +103,11 @@ class Gateway:
             ),
         )
         if self.settings.rate_limit_enabled:
-            self.limiter = RateLimiter(self.settings.redis_url, self.settings.rate_limit_prefix)
+            self.limiter = RateLimiter(
+                self.settings.redis_url, self.settings.rate_limit_prefix,
+                sync_interval=self.settings.rate_limit_sync_seconds,
+            )
+            self.limiter.start()
 
     async def shutdown(self) -> None:
         if self.session is not None:
@@ -240,7 +244,7 @@ class Gateway:
                 raise InvalidToken("Authorization must be 'Bearer <token>'")
             principal = await self.verifier.verify(value.strip())
             user_key = str(principal.user_id)
-        await self._rate_limit(method, scope["path"], client_ip, user_key)
+        self._rate_limit(method, scope["path"], client_ip, user_key)
 
         body = await self._read_body(receive)
         query = scope.get("query_string", b"")
@@ -268,14 +272,14 @@ class Gateway:
                 raise BadGateway(f"{service}: {type(exc).__name__}") from None
         raise BadGateway(f"{service} is not reachable ({last_error!r})")
 
-    async def _rate_limit(self, method: str, path: str, ip: str, user: str | None) -> None:
+    def _rate_limit(self, method: str, path: str, ip: str, user: str | None) -> None:
         if self.limiter is None:
             return
         s = self.settings
         keys = [(f"user:{user}", s.rate_limit_user_per_minute)] if user else [(f"ip:{ip}", s.rate_limit_ip_per_minute)]
         if method == "POST" and path.rstrip("/") == "/api/v1/reservations":
             keys.append((f"reserve:{user or ip}", s.rate_limit_reserve_per_minute))
-        wait = await self.limiter.hit(keys)
+        wait = self.limiter.hit(keys)
         if wait is not None:
             raise RateLimited(f"try again in {wait}s", headers={"Retry-After": str(wait)})
 

@@ -1,10 +1,22 @@
-"""Fixed-window rate limits in Redis: one pipelined round trip per request.
+"""Fixed-window rate limits shared by the gateway replicas through Redis, with no Redis round
+trip on the request path.
 
-Fails open when Redis is unreachable: a rate limiter must not take the drop down.
+Each replica counts requests in memory and, every `sync_interval` seconds, pushes what it
+counted to Redis (INCRBY, one pipeline for all keys) and learns the global counts back. A
+request is judged on the global count at the last sync plus what this replica has counted
+since. With one replica the limit is exact; with N replicas a burst spread over them can pass
+the limit by what the other replicas admitted since their last sync (at most N-1 times the
+traffic of one interval, 50 ms by default), which a rate limit can afford. During a drop storm
+this takes a network round trip and a Redis command parse off every request.
+
+When Redis is unreachable the limits keep holding per replica (counts stay local), instead of
+failing open or taking the drop down.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 
@@ -14,36 +26,75 @@ log = logging.getLogger("dropslot.gateway.ratelimit")
 
 
 class RateLimiter:
-    def __init__(self, url: str, prefix: str = "dropslot:rl"):
-        # A blocking pool: under a storm more requests are in flight than there are connections,
-        # and they should queue for one briefly rather than fail open.
-        pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=64, timeout=0.5, socket_timeout=0.5, socket_connect_timeout=0.5
-        )
-        self.redis = redis.Redis(connection_pool=pool)
+    def __init__(self, url: str, prefix: str = "dropslot:rl", *, window: int = 60, sync_interval: float = 0.05):
+        self.redis = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self.prefix = prefix
+        self.window = window
+        self.sync_interval = sync_interval
+        self._known: dict[str, int] = {}  # Redis key -> global count at the last sync
+        self._pending: dict[str, int] = {}  # Redis key -> counted here since the last sync
+        self._bucket = 0
+        self._task: asyncio.Task[None] | None = None
         self._warned_at = 0.0
 
-    async def hit(self, keys: list[tuple[str, int]], window: int = 60) -> int | None:
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._sync_loop())
+
+    def hit(self, keys: list[tuple[str, int]]) -> int | None:
         """Count one request against each (key, limit). Returns seconds to wait if any is over."""
-        now = int(time.time())
-        bucket = now // window
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            for key, _ in keys:
-                k = f"{self.prefix}:{key}:{bucket}"
-                pipe.incr(k)
-                pipe.expire(k, window + 1)
-            counts = await pipe.execute()
-        except (redis.RedisError, OSError) as exc:
-            if time.monotonic() - self._warned_at > 30:
-                log.warning("rate limiting disabled while Redis is unreachable: %r", exc)
-                self._warned_at = time.monotonic()
-            return None
-        for (_key, limit), count in zip(keys, counts[::2], strict=True):
-            if int(count) > limit:
-                return max(1, (bucket + 1) * window - now)
+        now = time.time()
+        bucket = int(now // self.window)
+        if bucket != self._bucket:  # a new window: the old counts are history
+            self._bucket = bucket
+            self._known = {k: v for k, v in self._known.items() if k.endswith(f":{bucket}")}
+        over = False
+        for key, limit in keys:
+            k = f"{self.prefix}:{key}:{bucket}"
+            mine = self._pending.get(k, 0) + 1
+            self._pending[k] = mine
+            if self._known.get(k, 0) + mine > limit:
+                over = True
+        if over:
+            return max(1, (bucket + 1) * self.window - int(now))
         return None
 
+    async def sync(self) -> None:
+        """Push the local counts to Redis and learn the global ones."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for k, n in pending.items():
+                pipe.incrby(k, n)
+                pipe.expire(k, self.window + 1)
+            results = await pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            for k, n in pending.items():  # keep limiting on what this replica saw
+                self._known[k] = self._known.get(k, 0) + n
+            if time.monotonic() - self._warned_at > 30:
+                log.warning("rate limits are per replica while Redis is unreachable: %r", exc)
+                self._warned_at = time.monotonic()
+            return
+        for k, total in zip(pending, results[::2], strict=True):
+            # What arrived here during the round trip stays pending and is added on top.
+            self._known[k] = int(total)
+
+    async def _sync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_interval)
+            try:
+                await self.sync()
+            except Exception:  # never let the loop die: limits would silently stop being shared
+                log.exception("rate-limit sync failed")
+
     async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self.sync()
         await self.redis.aclose()
