@@ -228,7 +228,7 @@ def _asyncapi(rt: ServiceRuntime) -> Callable[[], Awaitable[Response]]:
     async def asyncapi() -> Response:
         from faststream.specification import AsyncAPI
 
-        spec = AsyncAPI(rt.messaging.broker, title=f"dropslot-{rt.settings.service}")
+        spec = AsyncAPI(rt.messaging.spec_broker, title=f"dropslot-{rt.settings.service}")
         return Response(spec.to_specification().to_json(), media_type="application/json")
 
     return asyncapi

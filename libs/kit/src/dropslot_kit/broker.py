@@ -27,11 +27,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from aio_pika.abc import AbstractIncomingMessage
 from dropslot_contracts import Envelope
-from faststream import AckPolicy
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
-from faststream.rabbit.annotations import RabbitMessage
-from faststream.rabbit.schemas import Channel, QueueType
+from faststream.rabbit.schemas import QueueType
 from opentelemetry.trace import SpanKind, StatusCode
 
 from . import context, inbox, telemetry
@@ -146,24 +145,35 @@ class _Batcher:
 
 
 class Messaging:
-    """Owns the broker for one service process: publishes and runs the consumers."""
+    """Owns the broker for one service process: publishes and runs the consumers.
+
+    Publishing goes through FastStream. Consuming uses aio-pika directly on FastStream's
+    robust connection (one channel per consumer, with its prefetch): FastStream's per-message
+    machinery (dependency injection, middlewares, a thread hop) cost more CPU than the
+    handlers themselves during a storm, and the kit already does what it offered — decoding,
+    retries, dead-lettering, the inbox, acknowledging after the commit. FastStream still
+    describes the consumers for `/asyncapi.json` (on a broker that is never started).
+    """
 
     def __init__(self, settings: KitSettings, db: Database | None, consumers: EventConsumers | None = None):
         self.settings = settings
         self.db = db
         self.consumers = consumers.consumers if consumers else []
         self.broker = make_broker(settings)
+        self.spec_broker = make_broker(settings)  # documentation only: never started
         self.exchange = events_exchange(settings)
         self.dlx = dlx_exchange(settings)
-        self._subscribers: dict[str, Any] = {}
+        self._queues: dict[str, RabbitQueue] = {}
+        self._attached: dict[str, tuple[Any, Any, str]] = {}  # queue -> (channel, queue, consumer tag)
         self._batchers: dict[str, _Batcher] = {}
+        self._in_flight: set[asyncio.Task[Any]] = set()
         for consumer in self.consumers:
-            self._subscribe(consumer)
+            self._describe(consumer)
 
     def queue_name(self, consumer: Consumer) -> str:
         return f"{self.settings.broker_namespace}.{self.settings.service}.{consumer.name}"
 
-    def _subscribe(self, consumer: Consumer) -> None:
+    def _describe(self, consumer: Consumer) -> None:
         qname = self.queue_name(consumer)
         queue = RabbitQueue(
             qname,
@@ -175,31 +185,55 @@ class Messaging:
                 "x-dead-letter-routing-key": qname,
             },
         )
-        sub = self.broker.subscriber(
-            queue,
-            self.exchange,
-            ack_policy=AckPolicy.NACK_ON_ERROR,
-            channel=Channel(prefetch_count=consumer.prefetch or self.settings.prefetch),
-            no_reply=True,
-        )
+        self._queues[qname] = queue
 
-        async def on_message(message: RabbitMessage) -> None:
-            await self._handle(consumer, qname, message)
+        async def on_message(message: Any) -> None:  # the handler of the AsyncAPI description
+            return None
 
-        sub(on_message)
-        self._subscribers[qname] = sub
+        self.spec_broker.subscriber(queue, self.exchange, no_reply=True, title=qname,
+                                    description=", ".join(consumer.patterns))(on_message)
 
     async def start(self) -> None:
         await self.broker.start()
         await self.declare_topology()
+        for consumer in self.consumers:
+            await self._start_consumer(consumer)
+
+    async def _start_consumer(self, consumer: Consumer) -> None:
+        qname = self.queue_name(consumer)
+        connection = self.broker._connection  # noqa: SLF001  (no public accessor in FastStream 0.7)
+        channel = await connection.channel()  # robust: re-opened, with its QoS and consumer, after a reconnect
+        await channel.set_qos(prefetch_count=consumer.prefetch or self.settings.prefetch)
+        queue = await channel.declare_queue(qname, passive=True)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            task = asyncio.current_task()
+            if task is not None:
+                self._in_flight.add(task)
+            try:
+                await self._handle(consumer, qname, message)
+            except Exception:
+                # Not even the retry queue took it (broker trouble): back to the queue; the
+                # queue's delivery limit dead-letters a message that keeps failing this way.
+                log.exception("consumer %s could not settle a message; requeued", consumer.name)
+                with contextlib.suppress(Exception):
+                    await message.nack(requeue=True)
+                return
+            finally:
+                if task is not None:
+                    self._in_flight.discard(task)
+            await message.ack()
+
+        tag = await queue.consume(on_message, no_ack=False)
+        self._attached[qname] = (channel, queue, tag)
 
     async def declare_topology(self) -> None:
         await self.broker.declare_exchange(self.exchange)
         await self.broker.declare_exchange(self.dlx)
         for consumer in self.consumers:
             qname = self.queue_name(consumer)
-            # Queue bindings: one per pattern (FastStream binds only one routing key itself).
-            queue = await self.broker.declare_queue(self._subscribers[qname].queue)
+            # Queue bindings: one per pattern.
+            queue = await self.broker.declare_queue(self._queues[qname])
             exchange = await self.broker.declare_exchange(self.exchange)
             for pattern in consumer.patterns:
                 await queue.bind(exchange, routing_key=pattern)
@@ -221,6 +255,17 @@ class Messaging:
                 )
 
     async def stop(self) -> None:
+        """Stop taking messages, let the ones in hand finish (bounded), then disconnect."""
+        for channel, queue, tag in self._attached.values():
+            with contextlib.suppress(Exception):
+                if not channel.is_closed:
+                    await queue.cancel(tag)
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight), timeout=10.0)
+        for channel, _, _ in self._attached.values():
+            with contextlib.suppress(Exception):
+                await channel.close()
+        self._attached.clear()
         await self.broker.stop()
 
     async def publish_raw(
@@ -386,8 +431,9 @@ class Messaging:
     async def consumers_attached(self) -> dict[str, bool]:
         """Per queue: is our consumer registered on the broker right now (not just declared)?"""
         out: dict[str, bool] = {}
-        for qname, sub in self._subscribers.items():
-            attached = getattr(sub, "_consumer_tag", None) is not None
+        for consumer in self.consumers:
+            qname = self.queue_name(consumer)
+            attached = qname in self._attached
             if attached:
                 try:
                     q = await asyncio.wait_for(self._passive_queue(qname), timeout=2)
