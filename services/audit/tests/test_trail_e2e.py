@@ -1,7 +1,8 @@
 """End to end through the gateway: a whole flow - sign-up, store, product, drop, slot,
 reservation, sandbox payment, check-in - leaves a complete trail in time order, each step with
-the actor, address and user agent of the request that caused it. Public API only (API.md);
-the platform admin is made with the real command line, as `make admin` does."""
+the actor, address and user agent of the request that caused it (steps the payment provider
+causes name nobody). Public API only (API.md); the platform admin is made with the real command
+line, as `make admin` does."""
 
 from __future__ import annotations
 
@@ -118,25 +119,28 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
         ah = {"Authorization": f"Bearer {r.json()['access_token']}"}
         ids = {"owner": owner["id"], "customer": customer["id"], "store": store["id"], "product": product["id"],
                "drop": drop["id"], "slot": slot["id"], "reservation": rid, "payment": pay["id"]}
-        # (step, action, entity id or None: any, who acted: "owner" | "customer" | None: not a person)
+        # (step, action, entity id or None: any, who acted: "owner" | "customer" | None: not a person,
+        #  the status the entity went to or None: any)
         expected = [
-            ("owner signs up", "identity.user.registered", ids["owner"], "owner"),
-            ("owner signs in", "identity.session.created", None, "owner"),  # entity: the new session
-            ("store", "catalog.store.created", ids["store"], "owner"),
-            ("product", "catalog.product.created", ids["product"], "owner"),
-            ("drop", "catalog.drop.created", ids["drop"], "owner"),
-            ("publish", "catalog.drop.published", ids["drop"], "owner"),
-            ("slot", "booking.slot.created", ids["slot"], "owner"),
-            ("customer signs up", "identity.user.registered", ids["customer"], "customer"),
-            ("customer signs in", "identity.session.created", None, "customer"),
-            ("reserve", "booking.reservation.created", rid, "customer"),
-            # payments creates the intent from its provider worker, outside any request: no person
-            ("intent", "payments.payment.created", ids["payment"], None),
+            ("owner signs up", "identity.user.registered", ids["owner"], "owner", None),
+            ("owner signs in", "identity.session.created", None, "owner", None),  # entity: the new session
+            ("store", "catalog.store.created", ids["store"], "owner", None),
+            ("product", "catalog.product.created", ids["product"], "owner", None),
+            ("drop", "catalog.drop.created", ids["drop"], "owner", None),
+            ("publish", "catalog.drop.published", ids["drop"], "owner", None),
+            ("slot", "booking.slot.created", ids["slot"], "owner", None),
+            ("customer signs up", "identity.user.registered", ids["customer"], "customer", None),
+            ("customer signs in", "identity.session.created", None, "customer", None),
+            ("reserve", "booking.reservation.created", rid, "customer", None),
+            # payments' worker creates the intent later, in the name of the reserve that asked for it
+            ("intent", "payments.payment.created", ids["payment"], "customer", None),
+            # the customer's card confirm: the payment is processing
+            ("pay", "payments.payment.status_changed", ids["payment"], "customer", "processing"),
             # the provider's signed callback, not a person, authorizes the payment
-            ("authorized", "payments.payment.authorized", ids["payment"], None),
-            ("confirmed", "booking.reservation.confirmed", rid, None),
-            ("captured", "payments.payment.succeeded", ids["payment"], None),
-            ("check-in", "booking.reservation.checked_in", rid, "owner"),
+            ("authorized", "payments.payment.authorized", ids["payment"], None, None),
+            ("confirmed", "booking.reservation.confirmed", rid, None, None),
+            ("captured", "payments.payment.succeeded", ids["payment"], None, None),
+            ("check-in", "booking.reservation.checked_in", rid, "owner", None),
         ]
 
         missing: list[str] = []
@@ -151,9 +155,11 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
             missing[:] = [step for step, *want in expected if not [x for x in ordered if is_step(x, *want)]]
             return None if missing else ordered
 
-        def is_step(row: dict[str, Any], action: str, entity_id: str | None, who: str | None) -> bool:
+        def is_step(row: dict[str, Any], action: str, entity_id: str | None, who: str | None,
+                    status: str | None) -> bool:
             return row["action"] == action and (
-                row["entity_id"] == entity_id if entity_id else row["actor_user_id"] == ids.get(str(who)))
+                row["entity_id"] == entity_id if entity_id else row["actor_user_id"] == ids.get(str(who))
+            ) and (status is None or (row["after"] or {}).get("status") == status)
 
         try:
             # Polled gently: the gateway rate-limits a user to 600 requests a minute.
@@ -162,8 +168,8 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
             raise AssertionError(f"trail incomplete, missing: {missing}") from None
 
         positions = []
-        for step, action, entity_id, who in expected:
-            matches = [i for i, x in enumerate(rows) if is_step(x, action, entity_id, who)]
+        for step, action, entity_id, who, status in expected:
+            matches = [i for i, x in enumerate(rows) if is_step(x, action, entity_id, who, status)]
             assert len(matches) == 1, f"{step}: {len(matches)} rows (one event, one row)"
             row = rows[matches[0]]
             positions.append(matches[0])
@@ -172,11 +178,14 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
                 assert row["actor_user_id"] == ids[who], (step, row)
                 assert row["ua"] == ua, (step, row)
                 assert row["ip"] == "127.0.0.1", (step, row)  # the test client, as the gateway saw it
+            else:
+                assert (row["actor_user_id"], row["ip"], row["ua"]) == (None, None, None), (step, row)
             if action.startswith(("catalog.", "booking.", "payments.")):
                 assert row["store_id"] == ids["store"], (step, row)
         # In the order things happened. The capture runs after the confirmation, concurrently with
         # the check-in the test makes as soon as it sees CONFIRMED: only its place after the
-        # confirmation is fixed.
+        # confirmation is fixed. The customer pays once they see the intent, and the provider
+        # authorizes what they paid: "pay" lies between "intent" and "authorized".
         steps = [e[0] for e in expected]
         at = dict(zip(steps, positions, strict=True))
         sequence = [at[s] for s in steps if s != "captured"]

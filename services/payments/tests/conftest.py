@@ -28,7 +28,7 @@ import pytest
 import uvicorn
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from dropslot_contracts import Envelope, Event
+from dropslot_contracts import Actor, Envelope, Event
 from dropslot_contracts.events.booking import (
     HoldExpiring,
     RefundRequested,
@@ -97,8 +97,10 @@ class Harness:
 
     # --- playing booking (and catalog) through the real broker ----------------------------------
     async def publish(self, event: Event, *, store_id: uuid.UUID | None = None, tenant_key: str | None = None,
-                      occurred_at: datetime | None = None) -> Envelope:
-        env = Envelope.wrap(event, producer="booking", store_id=store_id, tenant_key=tenant_key)
+                      occurred_at: datetime | None = None, actor: Actor | None = None,
+                      correlation_id: str | None = None) -> Envelope:
+        env = Envelope.wrap(event, producer="booking", store_id=store_id, tenant_key=tenant_key, actor=actor,
+                            correlation_id=correlation_id)
         if occurred_at is not None:
             env = env.model_copy(update={"occurred_at": occurred_at})
         await self.exchange.publish(
@@ -117,17 +119,21 @@ class Harness:
         return store_id, owner, tenant
 
     async def reserve(self, *, amount_cents: int = 2500, currency: str = "EUR",
-                      store: tuple[uuid.UUID, uuid.UUID, str] | None = None) -> Reservation:
+                      store: tuple[uuid.UUID, uuid.UUID, str] | None = None, user_id: uuid.UUID | None = None,
+                      actor: Actor | None = None, correlation_id: str | None = None) -> Reservation:
+        """A reservation.created as booking publishes it; `actor` is the customer's request as
+        booking saw it (none by default)."""
         store_id, _, tenant = store or await self.new_store()
         now = datetime.now(UTC)
         snap = ReservationSnapshot(
             reservation_id=uuid.uuid4(), slot_id=uuid.uuid4(), drop_id=uuid.uuid4(), store_id=store_id,
-            user_id=uuid.uuid4(), state="PENDING", slot_start=now + timedelta(days=1),
+            user_id=user_id or uuid.uuid4(), state="PENDING", slot_start=now + timedelta(days=1),
             slot_end=now + timedelta(days=1, hours=1), amount_cents=amount_cents, currency=currency,
             requires_payment=amount_cents > 0, expires_at=now + timedelta(minutes=10), drop_name="Drop",
         )
         r = Reservation(snap.reservation_id, snap.user_id, store_id, tenant, amount_cents, currency, snap)
-        await self.publish(ReservationCreated(reservation=snap), store_id=store_id, tenant_key=tenant)
+        await self.publish(ReservationCreated(reservation=snap), store_id=store_id, tenant_key=tenant, actor=actor,
+                           correlation_id=correlation_id)
         return r
 
     async def confirm_reservation(self, r: Reservation) -> None:
@@ -168,9 +174,11 @@ class Harness:
 
         return await eventually(reached, timeout=within, what=f"payment status in {statuses}")
 
-    async def confirm_card(self, payment: dict[str, Any], r: Reservation, card: str) -> httpx.Response:
+    async def confirm_card(self, payment: dict[str, Any], r: Reservation, card: str,
+                           headers: dict[str, str] | None = None) -> httpx.Response:
         return await self.client.post(f"/api/v1/payments/{payment['id']}/sandbox/confirm",
-                                      json={"card_number": card}, headers=self.tokens.headers(r.user_id))
+                                      json={"card_number": card},
+                                      headers={**self.tokens.headers(r.user_id), **(headers or {})})
 
     # --- what payments announced ------------------------------------------------------------------
     def emitted(self, event_type: str, payment_id: Any) -> list[Envelope]:

@@ -23,6 +23,11 @@ What it does
 - Every status change -> `payments.payment.status_changed`; milestones as above; refunds ->
   `payments.payment.refunded` (`refunded_cents` this time, `total_refunded_cents`). Every event
   carries payment_id, reservation_id, user_id, store_id, provider, status, amount_cents, currency.
+- Every event's actor (what the audit trail shows) is the person who caused it, with their
+  request's address and user agent, or nobody: `created` names the customer who reserved, the
+  sandbox card steps name the customer, an owner's refund the owner; what the provider's
+  callbacks and reconciliation bring names nobody. Provider calls queued for the worker keep
+  the call context of whoever queued them (`payment_ops.origin`). Details: `service/payments.py`.
 
 How it stays correct
 --------------------
@@ -39,6 +44,11 @@ How it stays correct
   with idempotency keys from (reservation, operation): `<r>:create`, `<r>:capture:<op id>`,
   `<r>:cancel:<op id>`, `<r>:refund:<refund id>` (an op's retries share its key; Stripe keeps
   even a refusal under a key, so a later attempt in another state needs a new one).
+- The one exception is the sandbox's card form, the customer's own step: the request locks the
+  payment, the sandbox commits the step (its own transaction, its own small pool), and the
+  payment takes the intent's new status in the same request, so no callback's re-fetch can
+  apply in between and the change is the customer's (`status_changed` to `processing` or
+  `requires_action`; `failed` on a decline).
 - Reconciliation (every `DROPSLOT_PAYMENTS_RECONCILE_INTERVAL_SECONDS`, 5 s) asks the provider
   about payments in a non-final state unchanged for `DROPSLOT_PAYMENTS_RECONCILE_STALE_SECONDS`
   (20 s), then with exponential backoff, through the same path as callbacks.

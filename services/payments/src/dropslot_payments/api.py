@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from . import metrics
 from .adapters import repository as repo
 from .adapters.providers.base import InvalidCallback, PaymentProvider
-from .adapters.providers.sandbox import SandboxProvider
+from .adapters.providers.sandbox import SandboxProvider, snapshot_of
 from .adapters.repository import PaymentRow
 from .config import Settings
 from .domain import sandbox as sm
@@ -175,6 +175,15 @@ def _intent_body(p: PaymentRow, intent: sm.SandboxIntent) -> dict[str, Any]:
             "last_payment_error": intent.last_payment_error}
 
 
+def _confirmable(p: PaymentRow) -> None:
+    if p.status != Status.REQUIRES_PAYMENT_METHOD or p.reservation_state != ReservationState.PENDING \
+            or p.provider_intent_id is None:
+        raise PaymentNotConfirmable(
+            f"the payment is {p.status.value} and its reservation {p.reservation_state.value.lower()}",
+            payment_status=p.status.value,
+        )
+
+
 @router.post("/{payment_id}/sandbox/confirm")
 async def sandbox_confirm(
     request: Request, principal: CurrentUser, payment_id: uuid.UUID, body: ConfirmCard
@@ -182,23 +191,26 @@ async def sandbox_confirm(
     """The sandbox's card form. 4242424242424242 authorizes (processing, then requires_capture),
     4000000000000002 is declined (402 card-declined), 4000002500003155 needs 3-D Secure:
     the answer is `requires_action` with `next_action.sandbox_authenticate` naming
-    `POST /payments/{id}/sandbox/authenticate {succeed}`. The payment's own status follows
-    from the processor's callbacks, shortly after."""
+    `POST /payments/{id}/sandbox/authenticate {succeed}`. The payment takes the intent's new
+    status at once (`payments.payment.status_changed`, in the customer's name); what the
+    processor does next follows from its callbacks."""
     p, sandbox = await _sandbox_payment(request, principal, payment_id)
-    if p.status != Status.REQUIRES_PAYMENT_METHOD or p.reservation_state != ReservationState.PENDING \
-            or p.provider_intent_id is None:
-        raise PaymentNotConfirmable(
-            f"the payment is {p.status.value} and its reservation {p.reservation_state.value.lower()}",
-            payment_status=p.status.value,
-        )
     settings: Settings = _rt(request).settings
     authenticate_url = f"{settings.public_base_url.rstrip('/')}/api/v1/payments/{p.id}/sandbox/authenticate"
-    try:
-        intent = await sandbox.confirm(p.provider_intent_id, body.card_number, authenticate_url=authenticate_url)
-    except sm.UnknownCard as exc:
-        raise UnknownTestCard(str(exc), test_cards=sorted(sm.TEST_CARDS)) from None
-    except sm.SandboxError as exc:
-        raise PaymentNotConfirmable(str(exc), payment_status=p.status.value) from None
+    db = _rt(request).db
+    assert db is not None
+    async with db.uow() as uow:
+        locked = await uc.lock_for_customer(uow, p.id)
+        _confirmable(locked)
+        assert locked.provider_intent_id is not None
+        try:
+            intent = await sandbox.confirm(locked.provider_intent_id, body.card_number,
+                                           authenticate_url=authenticate_url)
+        except sm.UnknownCard as exc:
+            raise UnknownTestCard(str(exc), test_cards=sorted(sm.TEST_CARDS)) from None
+        except sm.SandboxError as exc:
+            raise PaymentNotConfirmable(str(exc), payment_status=locked.status.value) from None
+        await uc.apply_customer_step(uow, locked, snapshot_of(intent), cause="sandbox_confirm")
     if intent.last_payment_error:
         err = intent.last_payment_error
         raise CardDeclined(err.get("message"), decline_code=err.get("decline_code"), payment_id=str(p.id),
@@ -215,10 +227,15 @@ async def sandbox_authenticate(
     p, sandbox = await _sandbox_payment(request, principal, payment_id)
     if p.provider_intent_id is None:
         raise PaymentNotConfirmable("the payment has no intent yet", payment_status=p.status.value)
-    try:
-        intent = await sandbox.authenticate(p.provider_intent_id, succeed=(body or Authenticate()).succeed)
-    except sm.SandboxError as exc:
-        raise PaymentNotConfirmable(str(exc), payment_status=p.status.value) from None
+    db = _rt(request).db
+    assert db is not None
+    async with db.uow() as uow:
+        locked = await uc.lock_for_customer(uow, p.id)
+        try:
+            intent = await sandbox.authenticate(p.provider_intent_id, succeed=(body or Authenticate()).succeed)
+        except sm.SandboxError as exc:
+            raise PaymentNotConfirmable(str(exc), payment_status=locked.status.value) from None
+        await uc.apply_customer_step(uow, locked, snapshot_of(intent), cause="sandbox_authenticate")
     if intent.last_payment_error:
         raise AuthenticationFailed(intent.last_payment_error.get("message"), payment_id=str(p.id),
                                    intent_status=intent.status.value)

@@ -18,7 +18,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def on_startup(rt: ServiceRuntime) -> None:
         assert rt.db is not None
-        providers = build_providers(settings, rt.db)
+        providers = build_providers(settings)
         rt.extras["providers"] = providers
         rt.extras["ops"] = OpsWorker(settings, rt.db, providers)
         rt.extras["reconciler"] = Reconciler(settings, rt.db)

@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from dropslot_contracts import Actor
+from dropslot_kit.context import CallContext
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -251,22 +253,49 @@ class Op:
     refund_id: uuid.UUID | None
     attempts: int
     cause: str | None
+    # The call context (actor, correlation id) of whoever queued the op: the worker runs it
+    # under that context, so its events name the person who caused them.
+    origin: CallContext = field(default_factory=CallContext)
+
+
+def _origin_json(origin: CallContext | None) -> str | None:
+    if origin is None:
+        return None
+    actor = origin.actor.model_dump(mode="json", exclude_none=True)
+    correlation_id = origin.correlation_id or origin.request_id
+    if not actor and not correlation_id:
+        return None  # nobody in particular (a background loop)
+    return json.dumps({"actor": actor, "correlation_id": correlation_id})
+
+
+def _origin_of(raw: Any) -> CallContext:
+    data = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not data:
+        return CallContext()
+    correlation_id = data.get("correlation_id")
+    return CallContext(actor=Actor.model_validate(data.get("actor") or {}), correlation_id=correlation_id,
+                       request_id=correlation_id)
 
 
 async def enqueue_op(
     conn: AsyncConnection, payment_id: uuid.UUID, kind: str, *, refund_id: uuid.UUID | None = None,
-    cause: str | None = None,
+    cause: str | None = None, origin: CallContext | None = None,
 ) -> None:
     """At most one pending op per (payment, kind[, refund]). Asking again while that op is
-    running marks it to run once more afterwards, so a change seen meanwhile is not missed."""
+    running marks it to run once more afterwards, so a change seen meanwhile is not missed;
+    that second run is the new asker's, so it takes the new cause and origin. A waiting op
+    keeps those of whoever queued it first."""
     dedup = f"{kind}:{refund_id}" if refund_id else kind
     await conn.execute(text(
-        """INSERT INTO payment_ops (payment_id, kind, dedup_key, refund_id, cause)
-           VALUES (:p, :k, :d, :r, :c)
+        """INSERT INTO payment_ops (payment_id, kind, dedup_key, refund_id, cause, origin)
+           VALUES (:p, :k, :d, :r, :c, CAST(:o AS jsonb))
            ON CONFLICT (payment_id, dedup_key) WHERE status = 'pending'
-           DO UPDATE SET again = payment_ops.again
-                  OR (payment_ops.locked_until IS NOT NULL AND payment_ops.locked_until > now())"""),
-        {"p": payment_id, "k": kind, "d": dedup, "r": refund_id, "c": cause})
+           DO UPDATE SET
+               again = payment_ops.again
+                   OR (payment_ops.locked_until IS NOT NULL AND payment_ops.locked_until > now()),
+               cause = CASE WHEN payment_ops.locked_until > now() THEN EXCLUDED.cause ELSE payment_ops.cause END,
+               origin = CASE WHEN payment_ops.locked_until > now() THEN EXCLUDED.origin ELSE payment_ops.origin END"""),
+        {"p": payment_id, "k": kind, "d": dedup, "r": refund_id, "c": cause, "o": _origin_json(origin)})
 
 
 async def claim_ops(conn: AsyncConnection, limit: int, lease_seconds: float) -> list[Op]:
@@ -277,9 +306,9 @@ async def claim_ops(conn: AsyncConnection, limit: int, lease_seconds: float) -> 
                ORDER BY due_at, id LIMIT :n FOR UPDATE SKIP LOCKED)
            UPDATE payment_ops o SET locked_until = now() + make_interval(secs => :lease), attempts = o.attempts + 1
            FROM due WHERE o.id = due.id
-           RETURNING o.id, o.payment_id, o.kind, o.refund_id, o.attempts, o.cause"""),
+           RETURNING o.id, o.payment_id, o.kind, o.refund_id, o.attempts, o.cause, o.origin"""),
         {"n": limit, "lease": lease_seconds})
-    return [Op(**r._mapping) for r in rows]
+    return [Op(**{**r._mapping, "origin": _origin_of(r.origin)}) for r in rows]
 
 
 async def finish_op(conn: AsyncConnection, op_id: int, *, error: str | None = None) -> None:

@@ -1,19 +1,49 @@
-"""Use cases: booking events in, provider truth in, owner refunds, and the events we emit.
+"""Use cases: booking events in, provider truth in, the customer's card step, owner refunds,
+and the events we emit.
 
 Every function here runs inside one unit of work: the payment row (locked), the provider
 calls still to make (`payment_ops`), and the events (outbox) commit together. Provider I/O
 never happens here; the ops worker (`service/worker.py`) makes the calls and comes back
 through `apply_snapshot`.
+
+Who an event names
+------------------
+`Envelope.actor` (what the audit trail shows as actor, ip and user agent) is the person whose
+action caused the event, with the address and user agent of that person's request; an empty
+actor means no person did. Events are emitted under the call context of what caused them: a
+request, a consumed event (the kit's consumer restores its actor), or a provider call the
+worker makes for an op - every op keeps the context of whoever queued it (`payment_ops.origin`)
+and the worker restores it while it runs the op. So:
+
+- `created` (or `failed` when the provider refuses to make an intent): the actor of the booking
+  event that asked for the intent - `booking.reservation.created`, i.e. the customer who
+  reserved, with the ip/ua of the reserve request.
+- The customer's sandbox card form (`POST .../sandbox/confirm`, `.../sandbox/authenticate`):
+  `status_changed` (to `processing` or `requires_action`), or `status_changed` + `failed` for a
+  declined card or a failed 3-D Secure step, name the customer with the ip/ua of that request,
+  as does anything those steps queue. (With Stripe the customer confirms at Stripe itself:
+  payments hears of it only through the callback below.)
+- The provider's signed callbacks, and reconciliation: no person. `authorized`, the
+  `status_changed` it comes with, and whatever a callback's re-fetch reveals carry an empty
+  actor - the callback's address and user agent are the provider's, so they are not kept;
+  only the request's correlation id is.
+- Booking's lifecycle events (confirmed, cancelled, expired, the hold's final check, refund
+  requested): whatever actor booking's event carries - the customer who cancelled, staff who
+  cancelled, nobody for booking's sweepers or for a confirmation that followed `authorized`. So
+  the `succeeded` of a capture after such a confirmation names nobody, the `canceled` after a
+  customer's cancellation names the customer.
+- An owner's refund (`POST /payments/{id}/refund`): `refunded` and its `status_changed` name the
+  store owner who asked.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from dropslot_contracts import Envelope
+from dropslot_contracts import Actor, Envelope
 from dropslot_contracts.events.booking import HoldExpiring, RefundRequested, ReservationCancelled, ReservationEvent
 from dropslot_contracts.events.payments import (
     PaymentAuthorized,
@@ -25,7 +55,9 @@ from dropslot_contracts.events.payments import (
     PaymentStatusChanged,
     PaymentSucceeded,
 )
+from dropslot_kit import context
 from dropslot_kit.auth import Principal
+from dropslot_kit.context import CallContext
 from dropslot_kit.db import UnitOfWork
 from dropslot_kit.errors import NotFound
 from dropslot_kit.memberships import OWNER, authorize_store
@@ -159,6 +191,12 @@ def _cancel_reason(p: PaymentRow) -> str:
     return "canceled"
 
 
+async def _queue(uow: UnitOfWork, payment_id: uuid.UUID, kind: str, *, cause: str,
+                 refund_id: uuid.UUID | None = None) -> None:
+    """Queue a provider call for the worker, in the name of whoever asks now (see above)."""
+    await repo.enqueue_op(uow.conn, payment_id, kind, refund_id=refund_id, cause=cause, origin=context.current())
+
+
 async def decide(uow: UnitOfWork, p: PaymentRow, cause: str) -> None:
     """Queue the provider call the saga still needs (see domain.payment.next_command)."""
     # The refund ledger only matters once money was captured (one query less otherwise).
@@ -168,16 +206,16 @@ async def decide(uow: UnitOfWork, p: PaymentRow, cause: str) -> None:
         case None:
             return
         case Command.CREATE:
-            await repo.enqueue_op(uow.conn, p.id, "create", cause=cause)
+            await _queue(uow, p.id, "create", cause=cause)
         case Command.CAPTURE:
-            await repo.enqueue_op(uow.conn, p.id, "capture", cause=cause)
+            await _queue(uow, p.id, "capture", cause=cause)
         case Command.CANCEL:
             if not p.cancel_requested:
                 # Marked before the call: the provider's callback may come back before the
                 # call's own answer, and must read as "we canceled", not "the provider did".
                 await repo.update(uow.conn, p.id, cancel_requested=True)
                 p.cancel_requested = True
-            await repo.enqueue_op(uow.conn, p.id, "cancel", cause=cause)
+            await _queue(uow, p.id, "cancel", cause=cause)
         case Command.REFUND_REMAINING:
             amount = p.captured_cents - max(p.refunded_cents, ledger)
             # booking.refund.requested (a late payment: seat lost, or reservation cancelled meanwhile)
@@ -185,7 +223,7 @@ async def decide(uow: UnitOfWork, p: PaymentRow, cause: str) -> None:
             reason = "refund_requested" if p.refund_requested else "reservation_cancelled"
             refund = await repo.insert_refund(uow.conn, payment_id=p.id, tenant_key=p.tenant_key,
                                               amount_cents=amount, reason=reason, requested_by=None)
-            await repo.enqueue_op(uow.conn, p.id, "refund", refund_id=refund.id, cause=cause)
+            await _queue(uow, p.id, "refund", refund_id=refund.id, cause=cause)
         case Command.ABANDON:
             # The reservation ended before any intent existed: nothing to cancel at the provider.
             await repo.record_transition(uow.conn, p.id, p.status, Status.CANCELED, cause)
@@ -241,7 +279,7 @@ async def on_reservation_event(uow: UnitOfWork, env: Envelope, *, provider: str)
     await repo.update(uow.conn, p.id, **fields)
     if isinstance(event, HoldExpiring) and event.final_check and p.provider_intent_id is not None:
         # Booking holds the seat once more because money may be on its way: ask the provider now.
-        await repo.enqueue_op(uow.conn, p.id, "sync", cause="hold_final_check")
+        await _queue(uow, p.id, "sync", cause="hold_final_check")
     await decide(uow, p, env.type)
 
 
@@ -290,8 +328,36 @@ async def record_callback(
     if payment_id is None:
         log.info("%s event %s (%s) for unknown intent %s stored", provider, event_id, event_type, intent_id)
         return fresh
-    await repo.enqueue_op(uow.conn, payment_id, "sync", cause=f"callback:{event_type}")
+    # The provider is not a person: what its callback leads to names nobody (only the
+    # request's correlation id is kept).
+    ctx = context.current()
+    await repo.enqueue_op(uow.conn, payment_id, "sync", cause=f"callback:{event_type}",
+                          origin=CallContext(actor=Actor(), correlation_id=ctx.correlation_id or ctx.request_id))
     return fresh
+
+
+# --- the customer's card form (sandbox) ------------------------------------------------------------
+async def lock_for_customer(uow: UnitOfWork, payment_id: uuid.UUID) -> PaymentRow:
+    """The payment, locked from before the customer's card step until its outcome is applied
+    (`apply_customer_step`). The step is a short transaction in the sandbox's own tables, not a
+    network call; holding the lock across it means no re-fetch of the intent (a callback's,
+    reconciliation's) can apply in between: one that read the intent before the step waits,
+    then is ignored as older; one that reads it after sees at least the step's result."""
+    await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
+    p = await repo.lock(uow.conn, payment_id)
+    if p is None:
+        raise NotFound("no such payment")
+    return p
+
+
+async def apply_customer_step(uow: UnitOfWork, p: PaymentRow, snap: IntentSnapshot, *, cause: str) -> PaymentRow:
+    """The intent as the customer's own step (card confirmed, 3-D Secure done) left it, applied
+    in the request that made the step: the status change (`processing`, `requires_action`, or
+    `failed` for a decline) and its events name the customer, with that request's address and
+    user agent. The provider's callbacks about the same change come later and find nothing new."""
+    # Stamped after the step returned (the step's result is at least that fresh): any re-fetch
+    # that began earlier counts as older than this.
+    return await apply_snapshot(uow, p, snap, fetched_at=datetime.now(UTC), cause=cause)
 
 
 # --- store owners ----------------------------------------------------------------------------------
@@ -322,5 +388,5 @@ async def request_refund(
         )
     refund = await repo.insert_refund(uow.conn, payment_id=p.id, tenant_key=p.tenant_key, amount_cents=amount,
                                       reason="store_owner", requested_by=principal.user_id)
-    await repo.enqueue_op(uow.conn, p.id, "refund", refund_id=refund.id, cause="store_owner_refund")
+    await _queue(uow, p.id, "refund", refund_id=refund.id, cause="store_owner_refund")
     return refund, p

@@ -3,7 +3,9 @@
 Both run in every replica. Work is claimed with `FOR UPDATE SKIP LOCKED` plus a lease
 (`locked_until`), so the provider call itself happens outside any transaction and a
 crashed worker's op is picked up again when its lease runs out; the idempotency key
-makes that retry harmless at the provider.
+makes that retry harmless at the provider. An op runs under the call context (actor,
+correlation id) of whatever queued it, so its events name the person who caused them
+(see `service/payments.py`); reconciliation queues in nobody's name.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
+from dropslot_kit import context
 from dropslot_kit.db import Database
 
 from .. import metrics
@@ -128,6 +131,15 @@ class OpsWorker:
         return min(cap, 0.5 * 2 ** min(attempts, 12)) * random.uniform(0.7, 1)
 
     async def process(self, op: repo.Op) -> None:
+        """Run one op under the call context of whoever queued it (`op.origin`): the events it
+        leads to name that person, as if emitted where the op was asked for."""
+        token = context.set_current(op.origin)
+        try:
+            await self._process(op)
+        finally:
+            context.reset(token)
+
+    async def _process(self, op: repo.Op) -> None:
         async with self.db.uow() as uow:
             await repo.set_scope(uow.conn, repo.SYSTEM_SCOPE)
             p = await repo.get(uow.conn, op.payment_id)

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from dropslot_kit.db import Database
-
 from ...config import Settings
 from .base import PaymentProvider
 from .sandbox import SandboxProvider
 
 
-def build_providers(settings: Settings, db: Database) -> dict[str, PaymentProvider]:
+def build_providers(settings: Settings) -> dict[str, PaymentProvider]:
     """Every configured provider: payments made earlier with another provider keep working
     after the default (`payments_provider`) changes."""
     providers: dict[str, PaymentProvider] = {}
     if settings.payments_sandbox_enabled:
-        providers["sandbox"] = SandboxProvider(settings, db)
+        providers["sandbox"] = SandboxProvider(settings)
     if settings.stripe_api_key is not None and settings.stripe_webhook_secret is not None:
         from .stripe import StripeProvider
 

@@ -91,9 +91,14 @@ def snapshot_of(intent: sm.SandboxIntent) -> IntentSnapshot:
 class SandboxProvider:
     name = "sandbox"
 
-    def __init__(self, settings: Settings, db: Database):
+    # A pool of its own, as if the processor ran elsewhere: a customer's card step holds the
+    # payment's row lock (payments' pool) while the sandbox commits the step (this pool), so the
+    # two never wait on each other's connections. Small: one kept open, more only under load.
+    POOL = {"db_pool_size": 1, "db_max_overflow": 7}
+
+    def __init__(self, settings: Settings):
         self.settings = settings
-        self.db = db
+        self.db = Database(settings.model_copy(update=self.POOL))
         self._secret = settings.payments_sandbox_webhook_secret.get_secret_value()
         self._callbacks_wake = asyncio.Event()
         self._settle_wake = asyncio.Event()
@@ -179,6 +184,7 @@ class SandboxProvider:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        await self.db.dispose()
 
     # --- the client-side API (the "card form", called by our sandbox routes) ------------------------
     async def confirm(self, intent_id: str, card_number: str, *, authenticate_url: str) -> sm.SandboxIntent:
