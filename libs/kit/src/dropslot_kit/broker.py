@@ -115,9 +115,11 @@ class _Delivery:
 class _Batcher:
     """Collects one consumer's deliveries and hands them to `run` in batches, one at a time."""
 
-    def __init__(self, run: Callable[[list[_Delivery]], Awaitable[None]], max_size: int):
+    def __init__(self, run: Callable[[list[_Delivery]], Awaitable[None]], max_size: int, linger: float = 0.0):
         self._run = run
         self._max = max_size
+        self._linger = linger
+        self._busy = False  # the last batch had company: more is probably on its way
         self._pending: list[_Delivery] = []
         self._task: asyncio.Task[None] | None = None
 
@@ -131,7 +133,12 @@ class _Batcher:
     async def _drain(self) -> None:
         try:
             while self._pending:
+                if self._busy and self._linger and len(self._pending) < self._max:
+                    # Under load, wait a moment so the next transaction carries more: fewer,
+                    # larger batches cost less per event. Idle, a lone event goes at once.
+                    await asyncio.sleep(self._linger)
                 batch, self._pending = self._pending[: self._max], self._pending[self._max :]
+                self._busy = len(batch) > 1
                 try:
                     await self._run(batch)
                 except BaseException as exc:  # noqa: BLE001 - handed to every waiter of the batch
@@ -316,7 +323,8 @@ class Messaging:
             async def run(batch: list[_Delivery]) -> None:
                 await self._run_batch(consumer, batch)
 
-            batcher = self._batchers[consumer.name] = _Batcher(run, size)
+            linger = self.settings.consume_batch_linger_ms / 1000
+            batcher = self._batchers[consumer.name] = _Batcher(run, size, linger)
         return batcher
 
     @contextlib.contextmanager

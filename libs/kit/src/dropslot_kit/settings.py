@@ -29,6 +29,8 @@ class KitSettings(BaseSettings):
     # flight share the next one (at most this many; bounded by the prefetch too).
     consume_batching: bool = True
     consume_batch_max: int = 64
+    # Under load (the last batch held more than one event) wait this long before the next one.
+    consume_batch_linger_ms: float = 20.0
     delivery_limit: int = 5
     retry_delays_ms: list[int] = Field(default_factory=lambda: [1_000, 5_000, 30_000])
 
