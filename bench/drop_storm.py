@@ -353,6 +353,9 @@ async def booking_counters(system: Any) -> dict[str, float]:
     return out
 
 
+SERVERS = {"postgres": "(postgresql)", "beam.smp": "(rabbitmq)", "redis-server": "(redis)"}
+
+
 def cpu_seconds(system: Any) -> dict[str, float]:
     """User + system CPU seconds each service process has used so far."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -365,6 +368,21 @@ def cpu_seconds(system: Any) -> dict[str, float]:
             out[proc.name] = (int(fields[11]) + int(fields[12])) / tick
         except OSError:
             continue
+    me = os.times()
+    out["(load generator)"] = me.user + me.system
+    # The shared servers, every process of them (other databases' backends included).
+    for label in SERVERS.values():
+        out[label] = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            head, _, rest = stat.read_text().rpartition(")")
+            comm = head.partition("(")[2]
+            fields = rest.split()
+        except OSError:
+            continue
+        label = SERVERS.get(comm)
+        if label:
+            out[label] += (int(fields[11]) + int(fields[12])) / tick
     return out
 
 
