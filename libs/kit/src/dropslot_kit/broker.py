@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from dropslot_contracts import Envelope
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
@@ -174,6 +175,8 @@ class Messaging:
         self._attached: dict[str, tuple[Any, Any, str]] = {}  # queue -> (channel, queue, consumer tag)
         self._batchers: dict[str, _Batcher] = {}
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._publish_channel: Any = None
+        self._publish_targets: dict[str, Any] = {}
         for consumer in self.consumers:
             self._describe(consumer)
 
@@ -273,21 +276,44 @@ class Messaging:
             with contextlib.suppress(Exception):
                 await channel.close()
         self._attached.clear()
+        if self._publish_channel is not None:
+            with contextlib.suppress(Exception):
+                await self._publish_channel.close()
+            self._publish_channel = None
+            self._publish_targets.clear()
         await self.broker.stop()
 
     async def publish_raw(
         self, routing_key: str, body: bytes, *, message_id: str, headers: dict[str, Any], exchange: Any = None
     ) -> None:
-        await self.broker.publish(
-            body,
-            exchange=self.exchange if exchange is None else exchange,
-            routing_key=routing_key,
-            message_id=message_id,
-            headers=headers,
-            content_type="application/json",
-            persist=True,
-            timeout=self.settings.publish_timeout_seconds,
+        """Publish and wait for the broker's confirm. `exchange`: None = the events exchange, ""
+        = the default exchange (straight to a queue), or a RabbitExchange (the DLX).
+
+        Straight through aio-pika on a confirming channel of FastStream's connection: the
+        outbox relay publishes every event of the system, and FastStream's publish path cost
+        more CPU than the rest of the relay."""
+        name = self.exchange.name if exchange is None else exchange if isinstance(exchange, str) else exchange.name
+        target = await self._publish_exchange(name)
+        message = aio_pika.Message(
+            body, message_id=message_id, headers=headers, content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT, app_id=f"dropslot-{self.settings.service}",
         )
+        await target.publish(message, routing_key=routing_key, mandatory=False,
+                             timeout=self.settings.publish_timeout_seconds)
+
+    async def _publish_exchange(self, name: str) -> Any:
+        target = self._publish_targets.get(name)
+        if target is None or target.channel.is_closed:
+            if self._publish_channel is None or self._publish_channel.is_closed:
+                connection = self.broker._connection  # noqa: SLF001  (no public accessor in FastStream 0.7)
+                if connection is None:
+                    raise ConnectionError("not connected to the broker")
+                self._publish_channel = await connection.channel(publisher_confirms=True)
+                self._publish_targets.clear()
+            channel = self._publish_channel
+            target = channel.default_exchange if name == "" else await channel.get_exchange(name, ensure=False)
+            self._publish_targets[name] = target
+        return target
 
     async def _handle(self, consumer: Consumer, qname: str, message: Any) -> None:
         raw: bytes = message.body
