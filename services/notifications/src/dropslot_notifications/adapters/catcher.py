@@ -10,6 +10,7 @@ import contextlib
 import email
 import email.policy
 import logging
+import threading
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,26 +24,50 @@ log = logging.getLogger("dropslot.notifications.catcher")
 
 
 class Mailbox:
-    """The folder of caught messages (shared by every process that writes into it)."""
+    """The folder of caught messages (shared by every process that writes into it).
 
-    def __init__(self, directory: str | Path, keep: int = 500):
+    It holds about `keep` messages: pruning (listing and sorting the whole folder) happens
+    only once this process's count says the folder has grown `margin` past `keep` (a tenth of
+    `keep`, at most 50), not after every message. Other processes writing into the folder
+    prune on their own count, so with several of them it may briefly hold a few margins more."""
+
+    def __init__(self, directory: str | Path, keep: int = 500, margin: int | None = None):
         self.dir = Path(directory)
         self.keep = keep
+        self.margin = max(1, margin if margin is not None else min(50, keep // 10))
+        self._lock = threading.Lock()  # stores run in worker threads
+        self._count: int | None = None  # files in the folder as far as we know; None: not looked yet
+        self._made_dir = False
 
     def store(self, data: bytes) -> str:
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._made_dir:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._made_dir = True
         name = f"{datetime.now(UTC):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
         tmp = self.dir / f".{name}.tmp"
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except FileNotFoundError:  # the folder was removed under us
+            self.dir.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            with self._lock:
+                self._count = None
         tmp.rename(self.dir / f"{name}.eml")  # readers never see a half-written file
-        self._prune()
+        with self._lock:
+            if self._count is not None and self._count + 1 < self.keep + self.margin:
+                self._count += 1
+            else:
+                self._count = self._prune()
         return name
 
-    def _prune(self) -> None:
+    def _prune(self) -> int:
+        """Remove the oldest files beyond `keep`; returns how many are left."""
         files = sorted(self.dir.glob("*.eml"))
-        for old in files[: max(0, len(files) - self.keep)]:
+        excess = max(0, len(files) - self.keep)
+        for old in files[:excess]:
             with contextlib.suppress(OSError):
                 old.unlink()
+        return len(files) - excess
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         if not self.dir.is_dir():
@@ -112,6 +137,7 @@ class SmtpCatcher:
         self.host = host
         self.wanted_port = port
         self.port = port
+        self.connections = 0  # SMTP sessions accepted so far
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
@@ -119,6 +145,7 @@ class SmtpCatcher:
         handler = _Handler(self.mailbox)
 
         def factory() -> SMTP:
+            self.connections += 1
             return SMTP(handler, hostname="dropslot-dev-catcher", data_size_limit=10 * 1024 * 1024)
 
         try:
