@@ -33,6 +33,9 @@ class Settings(KitSettings):
     notifications_smtp_use_tls: bool = False
     notifications_smtp_validate_certs: bool = True
     notifications_smtp_timeout_seconds: float = 15.0
+    # Connections are kept open and reused (up to notifications_send_concurrency of them); one
+    # unused this long is closed.
+    notifications_smtp_idle_seconds: float = 30.0
     notifications_smtp_from: str = "DropSlot <no-reply@dropslot.local>"
 
     # --- dev SMTP catcher ----------------------------------------------------------------------

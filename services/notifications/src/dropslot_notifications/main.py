@@ -46,6 +46,9 @@ def build_transports(settings: Settings, catcher: SmtpCatcher | None) -> dict[Ch
             use_tls=False if catcher is not None else settings.notifications_smtp_use_tls,
             validate_certs=settings.notifications_smtp_validate_certs,
             timeout=settings.notifications_smtp_timeout_seconds,
+            # As many kept-open connections as the sender has sends in flight.
+            pool_size=settings.notifications_send_concurrency,
+            idle_seconds=settings.notifications_smtp_idle_seconds,
         )
     }
     for channel, url, secret in (
