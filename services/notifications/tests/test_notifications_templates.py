@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import email
 import email.policy
-import io
+import struct
 import uuid
+import zlib
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,16 @@ from dropslot_notifications.adapters.channels import build_email
 from dropslot_notifications.domain import messages as m
 from dropslot_notifications.domain.failures import TemplateFailure
 from dropslot_notifications.domain.model import TEMPLATES, Channel, Intent
-from dropslot_notifications.rendering import QR_CID, Renderer, format_money, format_when, qr_png
+from dropslot_notifications.rendering import (
+    QR_BORDER,
+    QR_CID,
+    QR_MASK,
+    QR_SCALE,
+    Renderer,
+    format_money,
+    format_when,
+    qr_png,
+)
 
 BASE = "http://gw.test"
 USER = {"name": "Ann Example", "email": "ann@example.com"}
@@ -121,11 +131,44 @@ def test_confirmation_email_embeds_the_qr_of_the_checkin_token_and_shows_slot_an
     assert f"{BASE}/api/v1/reservations/r/qr.svg" in out.text  # a relative qr_code_url is made absolute
 
 
-def test_qr_png_is_the_segno_rendering_of_the_token() -> None:
-    buf = io.BytesIO()
-    segno.make("abc", error="m", micro=False).save(buf, kind="png", scale=6, border=4)
-    assert qr_png("abc") == buf.getvalue()
-    assert qr_png("abc") != qr_png("abd")
+def _read_png_1bit(data: bytes) -> list[list[int]]:
+    """A minimal reader for the PNGs qr_png writes (checks signature, CRCs, IHDR): pixel rows."""
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, chunks = 8, {}
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        assert crc == zlib.crc32(kind + body), kind
+        chunks[kind] = chunks.get(kind, b"") + body
+        pos += 12 + length
+    width, height, depth, colour, _, _, interlace = struct.unpack(">IIBBBBB", chunks[b"IHDR"])
+    assert (depth, colour, interlace) == (1, 0, 0) and b"IEND" in chunks
+    raw, stride = zlib.decompress(chunks[b"IDAT"]), 1 + (width + 7) // 8
+    rows = []
+    for y in range(height):
+        line = raw[y * stride:(y + 1) * stride]
+        assert line[0] == 0  # no filter
+        bits = "".join(f"{b:08b}" for b in line[1:])[:width]
+        rows.append([int(c) for c in bits])
+    return rows
+
+
+def test_qr_png_is_the_qr_code_of_the_token_pixel_for_pixel() -> None:
+    token = "abc." + "x" * 200
+    pixels = _read_png_1bit(qr_png(token))
+    qr = segno.make(token, error="m", micro=False, mask=QR_MASK, boost_error=False)
+    modules = [list(row) for row in qr.matrix]
+    n = len(modules) + 2 * QR_BORDER
+    assert len(pixels) == len(pixels[0]) == n * QR_SCALE
+    for y in range(n):
+        for x in range(n):
+            inside = QR_BORDER <= y < n - QR_BORDER and QR_BORDER <= x < n - QR_BORDER
+            dark = inside and modules[y - QR_BORDER][x - QR_BORDER]
+            block = {pixels[y * QR_SCALE + dy][x * QR_SCALE + dx] for dy in range(QR_SCALE) for dx in range(QR_SCALE)}
+            assert block == {0 if dark else 1}, (x, y)
+    assert qr.mask == QR_MASK and qr.designator.endswith("-M")
+    assert qr_png(token) == qr_png(token) and qr_png("abc") != qr_png("abd")
 
 
 def test_confirmation_without_a_token_has_no_image_and_still_renders() -> None:
