@@ -239,3 +239,16 @@ async def test_limits_hold_per_replica_while_redis_is_unreachable():
         assert codes[:3] == [None] * 3 and all(c is not None for c in codes[3:])
     finally:
         await limiter.close()
+
+
+async def test_requests_counted_while_a_sync_is_in_flight_still_count(infra):
+    limiter = RateLimiter(infra.redis_url, f"rl-test:{uuid.uuid4().hex}")
+    try:
+        assert [limiter.hit([("user:u", 3)]) for _ in range(3)] == [None] * 3
+        syncing = asyncio.create_task(limiter.sync())
+        await asyncio.sleep(0)  # the sync has taken the counts and is waiting for Redis
+        assert limiter.hit([("user:u", 3)]) is not None  # the fourth is over, round trip or not
+        await syncing
+        assert limiter.hit([("user:u", 3)]) is not None
+    finally:
+        await limiter.close()

@@ -32,6 +32,7 @@ class RateLimiter:
         self.window = window
         self.sync_interval = sync_interval
         self._known: dict[str, int] = {}  # Redis key -> global count at the last sync
+        self._expiring: set[str] = set()  # keys of this window whose expiry is already set
         self._pending: dict[str, int] = {}  # Redis key -> counted here since the last sync
         self._bucket = 0
         self._task: asyncio.Task[None] | None = None
@@ -48,6 +49,7 @@ class RateLimiter:
         if bucket != self._bucket:  # a new window: the old counts are history
             self._bucket = bucket
             self._known = {k: v for k, v in self._known.items() if k.endswith(f":{bucket}")}
+            self._expiring = {k for k in self._expiring if k.endswith(f":{bucket}")}
         over = False
         for key, limit in keys:
             k = f"{self.prefix}:{key}:{bucket}"
@@ -64,22 +66,27 @@ class RateLimiter:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
+        for k, n in pending.items():  # still counted while the round trip is in flight
+            self._known[k] = self._known.get(k, 0) + n
+        fresh = [k for k in pending if k not in self._expiring]
         try:
             pipe = self.redis.pipeline(transaction=False)
             for k, n in pending.items():
                 pipe.incrby(k, n)
+            for k in fresh:  # once per key and window is enough
                 pipe.expire(k, self.window + 1)
             results = await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            for k, n in pending.items():  # keep limiting on what this replica saw
-                self._known[k] = self._known.get(k, 0) + n
+            # Already counted in _known above: limits keep holding on what this replica saw.
             if time.monotonic() - self._warned_at > 30:
                 log.warning("rate limits are per replica while Redis is unreachable: %r", exc)
                 self._warned_at = time.monotonic()
             return
-        for k, total in zip(pending, results[::2], strict=True):
-            # What arrived here during the round trip stays pending and is added on top.
-            self._known[k] = int(total)
+        self._expiring.update(fresh)
+        for k, total in zip(pending, results[: len(pending)], strict=True):
+            # The global count, ours included; what arrived here meanwhile is pending on top.
+            if k.endswith(f":{self._bucket}"):  # not a window that ended during the round trip
+                self._known[k] = int(total)
 
     async def _sync_loop(self) -> None:
         while True:
