@@ -123,15 +123,11 @@ class OutboxRelay:
                             "messaging.message.id": str(row["id"])},
             ):
                 telemetry.inject_headers(headers)
-                await asyncio.wait_for(
-                    self.publish(row["routing_key"], body, str(row["id"]), headers),
-                    self.settings.publish_timeout_seconds,
-                )
+                async with asyncio.timeout(self.settings.publish_timeout_seconds):
+                    await self.publish(row["routing_key"], body, str(row["id"]), headers)
             return
-        await asyncio.wait_for(
-            self.publish(row["routing_key"], body, str(row["id"]), headers),
-            self.settings.publish_timeout_seconds,
-        )
+        async with asyncio.timeout(self.settings.publish_timeout_seconds):  # no task per row, unlike wait_for
+            await self.publish(row["routing_key"], body, str(row["id"]), headers)
 
     async def measure_backlog(self) -> tuple[int, float]:
         """(unpublished events, age in seconds of the oldest); also sets the gauges."""
