@@ -82,7 +82,22 @@ def intents() -> list[Intent]:
         Intent(uid, "drop_live", {"drop": m.drop_view(
             {"drop_id": str(uuid.uuid4()), "name": "Winter Sneaker Drop", "starts_at": "2026-11-24T12:00:00Z",
              "ends_at": "2026-11-24T20:00:00Z"}, "Kicks & Co", BASE)}),
+        *endpoint_disabled(),
     ]
+
+
+STORE_ID = uuid.UUID("5f0c0000-0000-4000-8000-000000000001")
+ENDPOINT_ID = uuid.UUID("e9d00000-0000-4000-8000-000000000002")
+
+
+def endpoint_disabled(**over: object) -> list[Intent]:
+    fields: dict = dict(
+        store_id=STORE_ID, store_name="Kicks & Co", endpoint_id=ENDPOINT_ID, url="https://erp.kicks.test/hooks",
+        description="ERP <sync>", reason="failing", failing_since="2026-11-19T08:00:00Z",
+        last_status_code=503, last_error=None, disabled_at="2026-11-24T08:00:05Z", base_url=BASE,
+    )
+    fields.update(over)
+    return m.endpoint_disabled_intents([uuid.uuid4()], **fields)
 
 
 def ctx(intent: Intent) -> dict:
@@ -261,3 +276,44 @@ def test_times_are_shown_in_the_pickup_branchs_zone_when_catalog_knows_it() -> N
     assert "14:45 CET" in (Renderer().render("waitlist_offer", Channel.PUSH, ctx(offer)).subject or "")
     # a zone catalog sent that this machine does not know falls back to UTC instead of failing
     assert format_when("2026-11-24T14:00:00Z", "Mars/Olympus_Mons") == "Tue 24 Nov 2026, 14:00 UTC"
+
+
+def test_endpoint_disabled_mail_names_the_endpoint_the_reason_since_when_and_how_to_re_enable() -> None:
+    [intent] = endpoint_disabled()
+    out = Renderer().render("webhook_endpoint_disabled", Channel.EMAIL, ctx(intent))
+    reenable = f"PATCH {BASE}/api/v1/stores/{STORE_ID}/webhook-endpoints/{ENDPOINT_ID}"
+    for part in (out.text, out.html or ""):
+        assert "https://erp.kicks.test/hooks" in part
+        assert "no delivery to it has succeeded for too long" in part
+        assert "Thu 19 Nov 2026, 08:00 UTC" in part  # failing since
+        assert "HTTP 503" in part
+        assert reenable in part and '{"active": true}' in part.replace("&#34;", '"')
+        assert f"{BASE}/api/v1/webhook-endpoints/{ENDPOINT_ID}/events" in part
+    assert "ERP <sync>" in out.text and "ERP &lt;sync&gt;" in (out.html or "")
+    assert out.subject == "Webhook endpoint disabled for Kicks & Co: ERP <sync>"
+    assert TEMPLATES["webhook_endpoint_disabled"].account  # goes whatever the owner's preferences
+
+
+def test_endpoint_gone_without_description_store_name_or_failure_run_still_says_why() -> None:
+    [intent] = endpoint_disabled(reason="gone", failing_since=None, description=None, store_name=None,
+                                 last_status_code=410, last_error=None)
+    out = Renderer().render("webhook_endpoint_disabled", Channel.EMAIL, ctx(intent))
+    assert "410 Gone" in out.text and "failing since" not in out.text
+    assert "Description" not in out.text
+    assert out.subject == "Webhook endpoint disabled: https://erp.kicks.test/hooks"
+
+
+def test_endpoint_disabled_mails_every_owner_once_per_disablement() -> None:
+    owners = [uuid.uuid4(), uuid.uuid4()]
+    common: dict = dict(store_id=STORE_ID, store_name=None, endpoint_id=ENDPOINT_ID, url="https://x.test",
+                        description=None, reason="failing", last_status_code=None, last_error="timeout",
+                        base_url=BASE)
+    first = m.endpoint_disabled_intents(owners, failing_since="2026-11-19T08:00:00Z",
+                                        disabled_at="2026-11-24T08:00:05Z", **common)
+    again = m.endpoint_disabled_intents(owners, failing_since="2026-11-19T08:00:00Z",
+                                        disabled_at="2026-11-24T08:00:09Z", **common)
+    later = m.endpoint_disabled_intents(owners, failing_since="2026-12-01T08:00:00Z",
+                                        disabled_at="2026-12-06T08:00:05Z", **common)
+    assert [i.user_id for i in first] == owners
+    assert {i.dedupe_key for i in first} == {i.dedupe_key for i in again}  # the same disablement
+    assert {i.dedupe_key for i in first}.isdisjoint({i.dedupe_key for i in later})  # failing again later

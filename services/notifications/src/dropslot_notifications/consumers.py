@@ -17,7 +17,7 @@ def build_consumers(deps: HandlerDeps) -> EventConsumers:
     @consumers.on(
         "identity.user.registered", "identity.user.updated", "identity.user.status_changed",
         "identity.user.email_verified", "identity.user.password_changed", "identity.email_verification.requested",
-        "identity.password_reset.requested",
+        "identity.password_reset.requested", "identity.role.granted", "identity.role.revoked",
         name="identity",
     )
     async def identity_events(env: Envelope, uow: UnitOfWork) -> None:
@@ -39,5 +39,13 @@ def build_consumers(deps: HandlerDeps) -> EventConsumers:
     @consumers.on("payments.payment.failed", "payments.payment.refunded", name="payments")
     async def payments_events(env: Envelope, uow: UnitOfWork) -> None:
         await handlers.on_payments(env, uow, deps)
+
+    @consumers.on(
+        "webhooks.endpoint.created", "webhooks.endpoint.updated", "webhooks.endpoint.deleted",
+        "webhooks.endpoint.disabled",
+        name="webhooks",
+    )
+    async def webhooks_events(env: Envelope, uow: UnitOfWork) -> None:
+        await handlers.on_webhooks(env, uow, deps)
 
     return consumers

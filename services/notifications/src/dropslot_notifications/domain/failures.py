@@ -35,3 +35,10 @@ def http_status_is_permanent(status: int) -> bool:
     """A provider's 4xx means the request itself is wrong (bad number, unknown token), except
     for timeouts, conflicts on idempotency and throttling, which are worth another try."""
     return 400 <= status < 500 and status not in (408, 409, 425, 429)
+
+
+class RecipientsNotKnownYet(Exception):
+    """An event asks for a message to people notifications has not heard of yet (a store whose
+    catalog.store.created is still on its way on another queue). Raised from a handler, it sends
+    the event through the consumer's retry queues and, if they are still unknown, to its
+    dead-letter queue, where an operator can see it and replay it."""

@@ -21,6 +21,11 @@ CANCEL_REASONS = {
     "expired": "because the hold expired",
 }
 
+ENDPOINT_DISABLED_REASONS = {
+    "gone": "it answered 410 Gone, which tells senders the endpoint no longer exists",
+    "failing": "no delivery to it has succeeded for too long",
+}
+
 
 @dataclass(frozen=True)
 class DropInfo:
@@ -168,3 +173,31 @@ def reservation_intent(
 
 def cancellation(reason: str, refund: bool) -> dict[str, Any]:
     return {"reason": reason, "refund": refund, "reason_text": CANCEL_REASONS.get(reason, f"({reason})")}
+
+
+def endpoint_disabled_intents(
+    owners: list[uuid.UUID], *, store_id: uuid.UUID, store_name: str | None, endpoint_id: uuid.UUID, url: str,
+    description: str | None, reason: str, failing_since: str | None, last_status_code: int | None,
+    last_error: str | None, disabled_at: str | None, base_url: str,
+) -> list[Intent]:
+    """One mail per owner of the store. The dedupe key names the disablement (endpoint and the
+    start of its failure run, or when it was switched off): a second event about the same one
+    mails nobody twice, while the same endpoint failing again after a re-enable does."""
+    api = f"{base_url.rstrip('/')}/api/v1"
+    payload = {
+        "store": {"id": str(store_id), "name": store_name},
+        "endpoint": {
+            "id": str(endpoint_id), "url": url, "description": description, "reason": reason,
+            "reason_text": ENDPOINT_DISABLED_REASONS.get(reason, f"({reason})"),
+            "failing_since": failing_since, "disabled_at": disabled_at,
+            "last_status_code": last_status_code, "last_error": last_error,
+        },
+        # API.md: owners re-enable an endpoint with PATCH {active: true}; what waited is then delivered.
+        "reenable": {
+            "method": "PATCH", "url": f"{api}/stores/{store_id}/webhook-endpoints/{endpoint_id}",
+            "body": '{"active": true}',
+        },
+        "events_url": f"{api}/webhook-endpoints/{endpoint_id}/events",
+    }
+    dedupe = f"{endpoint_id}:{failing_since or disabled_at}"
+    return [Intent(owner, "webhook_endpoint_disabled", payload, dedupe_key=dedupe) for owner in owners]

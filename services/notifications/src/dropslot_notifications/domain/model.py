@@ -46,6 +46,9 @@ TEMPLATES: dict[str, TemplateSpec] = {
         TemplateSpec("email_verification", (Channel.EMAIL,), account=True, priority=5),
         TemplateSpec("password_reset", (Channel.EMAIL,), account=True, priority=5),
         TemplateSpec("password_changed", (Channel.EMAIL,), account=True, priority=5),
+        # Operational mail to a store's owners: by email whatever their preferences, like account
+        # mail (a store's integration silently stopping is not something to opt out of).
+        TemplateSpec("webhook_endpoint_disabled", (Channel.EMAIL,), account=True, priority=4),
         TemplateSpec("reservation_confirmed", _CUSTOMER, priority=3, qr=True),
         TemplateSpec("payment_failed", _CUSTOMER, priority=4),
         TemplateSpec("hold_expiring", _CUSTOMER, priority=8),

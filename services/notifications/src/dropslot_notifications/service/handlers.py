@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from dropslot_contracts import Envelope
-from dropslot_contracts.events import booking, catalog, identity, payments
+from dropslot_contracts.events import booking, catalog, identity, payments, webhooks
 from dropslot_kit.db import UnitOfWork
 
 from ..adapters import repository as repo
 from ..domain import messages as msgs
+from ..domain.failures import RecipientsNotKnownYet
 from ..domain.model import TEMPLATES, Intent, Planner, Preferences
 
 log = logging.getLogger("dropslot.notifications.handlers")
@@ -79,6 +80,9 @@ async def on_identity(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
             user_id=ev.user_id, email=ev.email, name=ev.name, token=ev.token, expires_at=_iso(ev.expires_at),
             welcome=False, base_url=deps.base_url, path=deps.verify_path,
         )], deps)
+    elif isinstance(ev, identity.RoleGranted | identity.RoleRevoked):
+        if ev.code == "store_owner" and ev.store_id is not None:
+            await repo.set_store_owner(conn, ev.store_id, ev.user_id, isinstance(ev, identity.RoleGranted), at)
     elif isinstance(ev, identity.PasswordResetRequested):
         await notify(uow, env, [msgs.password_reset_intent(
             user_id=ev.user_id, email=ev.email, name=ev.name, token=ev.token, expires_at=_iso(ev.expires_at),
@@ -92,6 +96,8 @@ async def on_catalog(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
     conn, at = uow.conn, env.occurred_at
     if isinstance(ev, catalog.StoreCreated | catalog.StoreUpdated):
         await repo.upsert_store(conn, ev.store_id, ev.name, at)
+        if isinstance(ev, catalog.StoreCreated):
+            await repo.set_store_owner(conn, ev.store_id, ev.owner_user_id, True, at)
         return
     if not isinstance(ev, catalog.DropEvent):
         return
@@ -191,3 +197,29 @@ async def on_payments(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
         intent = Intent(user_id, "refund_issued", payload,
                         dedupe_key=f"{ev.payment_id}:{ev.total_refunded_cents}")
     await notify(uow, env, [intent], deps)
+
+
+# --- webhooks --------------------------------------------------------------------------------------
+async def on_webhooks(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
+    ev = env.typed()
+    conn, at = uow.conn, env.occurred_at
+    if isinstance(ev, webhooks.EndpointCreated):
+        await repo.upsert_endpoint(conn, ev.endpoint_id, ev.store_id, ev.url, at, description=ev.description,
+                                   set_description=True)
+    elif isinstance(ev, webhooks.EndpointUpdated):
+        await repo.upsert_endpoint(conn, ev.endpoint_id, ev.store_id, ev.url, at)
+    elif isinstance(ev, webhooks.EndpointDeleted):
+        await repo.forget_endpoint(conn, ev.endpoint_id)
+    elif isinstance(ev, webhooks.EndpointDisabled):
+        owners = await repo.store_owners(conn, ev.store_id)
+        if not owners:
+            # catalog.store.created may still be on its way (another queue): retried, then
+            # dead-lettered for an operator (e.g. a store older than this copy of its owners).
+            raise RecipientsNotKnownYet(f"no owner of store {ev.store_id} known to tell that webhook endpoint "
+                                        f"{ev.endpoint_id} was disabled ({ev.reason})")
+        await notify(uow, env, msgs.endpoint_disabled_intents(
+            owners, store_id=ev.store_id, store_name=await repo.store_name(conn, ev.store_id),
+            endpoint_id=ev.endpoint_id, url=ev.url, description=await repo.endpoint_description(conn, ev.endpoint_id),
+            reason=ev.reason, failing_since=_iso(ev.failing_since), last_status_code=ev.last_status_code,
+            last_error=ev.last_error, disabled_at=_iso(at), base_url=deps.base_url,
+        ), deps)
