@@ -67,7 +67,7 @@ async def test_bad_tokens_are_refused(keys, case):
         "four-segments": lambda: signer.token() + ".AAAA",
         "not-base64": lambda: "a$b.c*d.e!f",
         "alg-hs256": lambda: jwt.encode({"sub": "x", "iss": "dropslot-identity", "aud": "dropslot", "iat": now,
-                                         "exp": now + 60}, "secret", algorithm="HS256", headers={"kid": signer.kid}),
+                                         "exp": now + 60}, "s" * 32, algorithm="HS256", headers={"kid": signer.kid}),
         "header-not-object": lambda: _b64(b"[1]") + "." + signer.token().split(".", 1)[1],
     }[case]()
     with pytest.raises(InvalidToken):
