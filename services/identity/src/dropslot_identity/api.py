@@ -30,7 +30,9 @@ Extras (API.md is silent on these):
 Tokens: the access token is an EdDSA JWT (`kid` header; claims iss, aud, sub, typ="access", iat, exp,
 jti, sid, email, email_verified, roles=[{code, store_id}]), 10 minutes by default. Identity's own
 routes also refuse it once its account is suspended or its session has ended; other services accept
-it until it expires. The refresh token is opaque, stored hashed, rotates on every use.
+it until it expires. The refresh token is opaque, stored hashed, rotates on every use; presenting it
+again within `DROPSLOT_IDENTITY_REFRESH_REUSE_GRACE_SECONDS` (30 s) of its rotation, e.g. two tabs
+refreshing at once, answers 200 with a pair for the same session instead of revoking it.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ class Settings(KitSettings):
     identity_refresh_ttl_seconds: int = 30 * 24 * 3600
     identity_verification_ttl_seconds: int = 48 * 3600
     identity_reset_ttl_seconds: int = 3600
+    # A refresh token presented again this soon after it was rotated (two tabs refreshing at once, a
+    # retry after a lost response) gets a working sibling token instead of revoking the session as
+    # stolen; later reuse still revokes it. 0 turns the grace off. See `IdentityService.refresh`.
+    identity_refresh_reuse_grace_seconds: float = 30.0
     # A retired signing key stays in the JWKS for the access TTL plus this (verifier caches, clock skew).
     identity_key_grace_seconds: int = 300
     # The newest key is replaced by a fresh one when older than this; 0 turns automatic rotation off.

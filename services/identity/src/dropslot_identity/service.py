@@ -3,6 +3,11 @@ rules, writes through the repository and emits its events, which commit together
 
 Slow work (argon2, ~80 ms) happens before a transaction is opened, so no row lock or pooled
 connection is held while a password hashes.
+
+Refresh tokens rotate on every use, and reuse of a spent one revokes the session, except within a
+short grace window after its rotation, when a client refreshing twice at once gets a sibling token
+of the session's current generation (refresh tokens are stored only as hashes, so the first
+successor cannot be handed out again). The full rule is in `IdentityService.refresh`.
 """
 
 from __future__ import annotations
@@ -214,41 +219,74 @@ class IdentityService:
             roles=roles, session_id=session_id)
         return TokenPair(access, refresh, ttl, self.settings.identity_refresh_ttl_seconds)
 
-    async def _new_refresh_token(self, uow: UnitOfWork, session_id: uuid.UUID) -> str:
+    async def _new_refresh_token(self, uow: UnitOfWork, session_id: uuid.UUID, generation: int = 0) -> str:
         token = tokens.new_token()
         await repo.insert_refresh_token(
             uow.conn, token_id=uuid.uuid4(), session_id=session_id, token_hash=tokens.hash_token(token),
-            expires_at=utcnow() + timedelta(seconds=self.settings.identity_refresh_ttl_seconds))
+            expires_at=utcnow() + timedelta(seconds=self.settings.identity_refresh_ttl_seconds),
+            generation=generation)
         return token
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """Rotate: the presented token is spent and a new one issued in the same session (family).
 
-        Presenting a spent token again means two parties hold it (a thief, or the user after
-        one was stolen): the whole session is revoked, and both must sign in again.
+        A session counts its rotations (`generation`); each token records the generation it was
+        issued in, and only tokens of the current generation rotate. Presenting a spent token
+        again normally means two parties hold it (a thief, or the user after one was stolen): the
+        whole session is revoked, and both must sign in again.
+
+        Except within the grace window (`identity_refresh_reuse_grace_seconds`, 0 turns it off):
+        a token of the generation the session left less than that long ago, spent by that very
+        move, is a client refreshing twice at once (two tabs, a retry after a lost response). It
+        gets a *sibling*: a fresh token of the current generation, in the same session, with a
+        fresh access token. The successor the first refresh issued cannot be handed out again,
+        since only its hash is stored; the sibling works exactly like it, and whichever of the
+        two the client keeps and rotates first moves the session on, leaving the other spent (it
+        is of an older generation from then on). No event, as for any rotation.
+
+        Never graced: a revoked session (logout, reuse, password reset, suspension), an
+        inactive account, an expired token, a token two or more generations old, or any reuse
+        after the window; those answer as before (reuse revokes the family).
+
+        Concurrent refreshes of one session queue on the session row (locked before the token is
+        read), so the loser of a race sees the winner's rotation and takes the grace path.
         """
         if not tokens.looks_like_token(refresh_token):
             raise errors.RefreshTokenInvalid()
+        token_hash = tokens.hash_token(refresh_token)
+        grace = self.settings.identity_refresh_reuse_grace_seconds
         reused = False
         async with self.db.uow() as uow:
-            row = await repo.refresh_token_for_update(uow.conn, tokens.hash_token(refresh_token))
-            if row is None:
+            if await repo.lock_session_of_refresh_token(uow.conn, token_hash) is None:
+                raise errors.RefreshTokenInvalid()
+            row = await repo.refresh_token_state(uow.conn, token_hash, grace)
+            if row is None:  # purged between the two statements
                 raise errors.RefreshTokenInvalid()
             act_as(row["user_id"])
-            if row["used_at"] is not None:
+            session_id = row["session_id"]
+            spent = row["used_at"] is not None or row["generation"] != row["session_generation"]
+            usable = row["revoked_at"] is None and not row["expired"] and row["user_status"] == U.ACTIVE
+            if spent and row["in_grace"] and usable:
+                log.info("refresh token of session %s presented again within the grace window: sibling issued",
+                         session_id)
+                await repo.spend_refresh_token(uow.conn, row["id"])
+                await repo.touch_session(uow.conn, session_id)
+                new_refresh = await self._new_refresh_token(uow, session_id, row["session_generation"])
+            elif spent:
                 reused = True
-                if await repo.revoke_session(uow.conn, row["session_id"], "reuse_detected"):
-                    log.warning("refresh token reuse: session %s of user %s revoked",
-                                row["session_id"], row["user_id"])
+                if await repo.revoke_session(uow.conn, session_id, "reuse_detected"):
+                    log.warning("refresh token reuse: session %s of user %s revoked", session_id, row["user_id"])
                     uow.emit(ev.SessionRevoked(user_id=row["user_id"], reason="reuse_detected",
-                                               session_id=row["session_id"]))
+                                               session_id=session_id))
             elif row["revoked_at"] is not None or row["expired"]:
                 raise errors.RefreshTokenInvalid()
             elif row["user_status"] != U.ACTIVE:
                 raise errors.RefreshTokenInvalid("the account is not active")
             else:
-                await repo.spend_refresh_token(uow.conn, row["id"], row["session_id"])
-                new_refresh = await self._new_refresh_token(uow, row["session_id"])
+                await repo.spend_refresh_token(uow.conn, row["id"])
+                generation = await repo.advance_session(uow.conn, session_id)
+                new_refresh = await self._new_refresh_token(uow, session_id, generation)
+            if not reused:
                 user = await repo.get_user(uow.conn, row["user_id"])
                 roles = await repo.roles_of(uow.conn, row["user_id"])
         # Outside the block: the revocation above must commit even though the caller gets an error.
@@ -257,7 +295,7 @@ class IdentityService:
         assert user is not None
         access, ttl = await self.ring.mint_access_token(
             user_id=user["id"], email=user["email"], email_verified=user["email_verified_at"] is not None,
-            roles=roles, session_id=row["session_id"])
+            roles=roles, session_id=session_id)
         return TokenPair(access, new_refresh, ttl, self.settings.identity_refresh_ttl_seconds)
 
     async def logout(self, refresh_token: str) -> None:

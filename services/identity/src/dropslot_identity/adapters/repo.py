@@ -144,24 +144,60 @@ async def create_session(conn: AsyncConnection, *, session_id: uuid.UUID, user_i
 
 
 async def insert_refresh_token(conn: AsyncConnection, *, token_id: uuid.UUID, session_id: uuid.UUID,
-                               token_hash: bytes, expires_at: datetime) -> None:
-    await conn.execute(text(
-        "INSERT INTO refresh_tokens (id, session_id, token_hash, expires_at) VALUES (:id, :s, :h, :exp)"
-    ), {"id": token_id, "s": session_id, "h": token_hash, "exp": expires_at})
+                               token_hash: bytes, expires_at: datetime, generation: int = 0) -> None:
+    await conn.execute(text("""
+        INSERT INTO refresh_tokens (id, session_id, token_hash, expires_at, generation)
+        VALUES (:id, :s, :h, :exp, :g)"""),
+        {"id": token_id, "s": session_id, "h": token_hash, "exp": expires_at, "g": generation})
 
 
-async def refresh_token_for_update(conn: AsyncConnection, token_hash: bytes) -> Row | None:
-    """The token with its session and user, the token row locked: concurrent uses queue here."""
+async def lock_session_of_refresh_token(conn: AsyncConnection, token_hash: bytes) -> uuid.UUID | None:
+    """Lock the session (token family) the token belongs to; None for an unknown token.
+
+    Every change to a family's tokens happens under this lock, so concurrent refreshes of one
+    session queue here. Read the token only afterwards, in a new statement: under READ COMMITTED
+    that one sees what the previous holder of the lock committed (a join locking only the session
+    would re-check the session row but keep the token row it read before waiting)."""
+    row = await _one(conn, """
+        SELECT s.id FROM sessions s
+        WHERE s.id = (SELECT t.session_id FROM refresh_tokens t WHERE t.token_hash = :h)
+        FOR UPDATE""", {"h": token_hash})
+    return row["id"] if row else None
+
+
+async def refresh_token_state(conn: AsyncConnection, token_hash: bytes, grace_seconds: float) -> Row | None:
+    """The token with its session and user (call with the session locked).
+
+    `in_grace`: the token belongs to the generation the session just left, was spent by that move
+    (or never used: a sibling of the token that was) and the move happened less than
+    `grace_seconds` ago."""
     return await _one(conn, """
-        SELECT t.id, t.session_id, t.expires_at, t.used_at, t.expires_at <= now() AS expired,
-               s.user_id, s.revoked_at, s.revoked_reason, u.status AS user_status
+        SELECT t.id, t.session_id, t.generation, t.used_at, t.expires_at <= now() AS expired,
+               s.user_id, s.revoked_at, s.revoked_reason, s.generation AS session_generation,
+               (CAST(:grace AS double precision) > 0 AND t.generation = s.generation - 1
+                AND s.rotated_at > now() - make_interval(secs => CAST(:grace AS double precision))
+                AND (t.used_at IS NULL OR t.used_at >= s.rotated_at)) AS in_grace,
+               u.status AS user_status
         FROM refresh_tokens t JOIN sessions s ON s.id = t.session_id JOIN users u ON u.id = s.user_id
-        WHERE t.token_hash = :h
-        FOR UPDATE OF t""", {"h": token_hash})
+        WHERE t.token_hash = :h""", {"h": token_hash, "grace": float(grace_seconds)})
 
 
-async def spend_refresh_token(conn: AsyncConnection, token_id: uuid.UUID, session_id: uuid.UUID) -> None:
-    await conn.execute(text("UPDATE refresh_tokens SET used_at = now() WHERE id = :id"), {"id": token_id})
+async def spend_refresh_token(conn: AsyncConnection, token_id: uuid.UUID) -> None:
+    """Mark the token used (the first use is kept)."""
+    await conn.execute(text("UPDATE refresh_tokens SET used_at = now() WHERE id = :id AND used_at IS NULL"),
+                       {"id": token_id})
+
+
+async def advance_session(conn: AsyncConnection, session_id: uuid.UUID) -> int:
+    """A rotation: the family moves to its next generation (returned); the previous one is spent."""
+    row = await _one(conn, """
+        UPDATE sessions SET generation = generation + 1, rotated_at = now(), last_used_at = now()
+        WHERE id = :id RETURNING generation""", {"id": session_id})
+    assert row is not None
+    return int(row["generation"])
+
+
+async def touch_session(conn: AsyncConnection, session_id: uuid.UUID) -> None:
     await conn.execute(text("UPDATE sessions SET last_used_at = now() WHERE id = :id"), {"id": session_id})
 
 
