@@ -18,9 +18,18 @@ from dropslot_contracts.events.catalog import StoreUpdated
 from dropslot_kit.broker import EventConsumers, Messaging
 from dropslot_kit.db import Database
 from dropslot_kit.outbox import OutboxRelay
-from dropslot_kit.testing import eventually
+from dropslot_kit.testing import drop_test_resources, eventually, fresh_settings
 from dropslot_kit.testproxy import TcpProxy
 from sqlalchemy import text
+
+
+@pytest.fixture(scope="module")
+def test_settings(infra):
+    """This module's own database and broker namespace. The session's database may also serve a
+    whole system started by another test, whose catalog relay would take the harness's events."""
+    settings = fresh_settings(infra, "kitmsg")
+    yield settings
+    drop_test_resources(settings)
 
 
 def store_event(name: str = "s", tenant: str = "t1") -> StoreUpdated:
