@@ -155,12 +155,13 @@ class _Batcher:
 class Messaging:
     """Owns the broker for one service process: publishes and runs the consumers.
 
-    Publishing goes through FastStream. Consuming uses aio-pika directly on FastStream's
-    robust connection (one channel per consumer, with its prefetch): FastStream's per-message
-    machinery (dependency injection, middlewares, a thread hop) cost more CPU than the
-    handlers themselves during a storm, and the kit already does what it offered — decoding,
-    retries, dead-lettering, the inbox, acknowledging after the commit. FastStream still
-    describes the consumers for `/asyncapi.json` (on a broker that is never started).
+    FastStream connects (robustly) and declares the topology. Messages themselves go through
+    aio-pika on that connection: one channel per consumer with its prefetch, one confirming
+    channel for publishing. FastStream's per-message machinery (dependency injection,
+    middlewares, a thread hop) cost more CPU than the handlers themselves during a storm, and
+    the kit already does what it offered — decoding, retries, dead-lettering, the inbox,
+    acknowledging after the commit. FastStream still describes the consumers for
+    `/asyncapi.json` (on a broker that is never started).
     """
 
     def __init__(self, settings: KitSettings, db: Database | None, consumers: EventConsumers | None = None):
@@ -238,19 +239,18 @@ class Messaging:
         self._attached[qname] = (channel, queue, tag)
 
     async def declare_topology(self) -> None:
-        await self.broker.declare_exchange(self.exchange)
-        await self.broker.declare_exchange(self.dlx)
+        events = await self.broker.declare_exchange(self.exchange)
+        dlx = await self.broker.declare_exchange(self.dlx)
         for consumer in self.consumers:
             qname = self.queue_name(consumer)
             # Queue bindings: one per pattern.
             queue = await self.broker.declare_queue(self._queues[qname])
-            exchange = await self.broker.declare_exchange(self.exchange)
             for pattern in consumer.patterns:
-                await queue.bind(exchange, routing_key=pattern)
+                await queue.bind(events, routing_key=pattern)
             dlq = await self.broker.declare_queue(
                 RabbitQueue(f"{qname}.dlq", queue_type=QueueType.QUORUM, durable=True)
             )
-            await dlq.bind(await self.broker.declare_exchange(self.dlx), routing_key=qname)
+            await dlq.bind(dlx, routing_key=qname)
             for i, delay in enumerate(self.settings.retry_delays_ms):
                 await self.broker.declare_queue(
                     RabbitQueue(

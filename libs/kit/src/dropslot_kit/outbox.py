@@ -112,22 +112,20 @@ class OutboxRelay:
         if row["traceparent"]:
             headers["traceparent"] = row["traceparent"]
         body = row["envelope"].encode() if isinstance(row["envelope"], str) else bytes(row["envelope"])
-        if row["traceparent"] and telemetry.tracing_enabled():
-            # The relay runs later, in another task: continue the trace stored in the row, so
-            # the time an event waited in the outbox shows in the trace, and hand the consumer
-            # this publish span as its parent (message header `traceparent`).
-            parent = telemetry.extract_context({"traceparent": row["traceparent"]})
-            with telemetry.tracer().start_as_current_span(
-                f"publish {row['routing_key']}", context=parent, kind=SpanKind.PRODUCER,
-                attributes={"messaging.system": "rabbitmq", "messaging.destination.name": row["routing_key"],
-                            "messaging.message.id": str(row["id"])},
-            ):
+        # The relay runs later, in another task: continue the trace stored in the row, so the
+        # time an event waited in the outbox shows in the trace, and hand the consumer this
+        # publish span as its parent (message header `traceparent`).
+        traced = bool(row["traceparent"]) and telemetry.tracing_enabled()
+        span = telemetry.continued_span(
+            f"publish {row['routing_key']}", row["traceparent"], kind=SpanKind.PRODUCER,
+            attributes={"messaging.system": "rabbitmq", "messaging.destination.name": row["routing_key"],
+                        "messaging.message.id": str(row["id"])},
+        ) if traced else contextlib.nullcontext()
+        with span:
+            if traced:
                 telemetry.inject_headers(headers)
-                async with asyncio.timeout(self.settings.publish_timeout_seconds):
-                    await self.publish(row["routing_key"], body, str(row["id"]), headers)
-            return
-        async with asyncio.timeout(self.settings.publish_timeout_seconds):  # no task per row, unlike wait_for
-            await self.publish(row["routing_key"], body, str(row["id"]), headers)
+            async with asyncio.timeout(self.settings.publish_timeout_seconds):  # no task per row, unlike wait_for
+                await self.publish(row["routing_key"], body, str(row["id"]), headers)
 
     async def measure_backlog(self) -> tuple[int, float]:
         """(unpublished events, age in seconds of the oldest); also sets the gauges."""
