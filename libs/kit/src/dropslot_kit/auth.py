@@ -14,7 +14,6 @@ bounded (oldest forgotten first); an expired token is refused even if remembered
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -22,7 +21,6 @@ from typing import Annotated, Any
 
 import httpx
 import jwt
-from dropslot_contracts import Actor
 from fastapi import Depends, Request
 
 from . import context
@@ -193,9 +191,7 @@ async def optional_user(request: Request) -> Principal | None:
     verifier: JWKSVerifier = request.app.state.verifier
     principal = await verifier.verify(token)
     request.state.principal = principal
-    ctx = context.current()
-    actor = Actor(user_id=principal.user_id, ip=ctx.actor.ip, user_agent=ctx.actor.user_agent)
-    context.set_current(dataclasses.replace(ctx, actor=actor))
+    context.act_as(principal.user_id)
     return principal
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextvars
+import dataclasses
+import uuid
 from dataclasses import dataclass, field
 
 from dropslot_contracts import Actor
@@ -29,3 +31,11 @@ def set_current(ctx: CallContext) -> contextvars.Token[CallContext]:
 
 def reset(token: contextvars.Token[CallContext]) -> None:
     _current.reset(token)
+
+
+def act_as(user_id: uuid.UUID) -> None:
+    """Name the person acting in this call (the events it emits carry them), keeping the ip and
+    user agent the request came with."""
+    ctx = current()
+    actor = Actor(user_id=user_id, ip=ctx.actor.ip, user_agent=ctx.actor.user_agent)
+    set_current(dataclasses.replace(ctx, actor=actor))

@@ -48,9 +48,6 @@ class Settings(KitSettings):
 
     # Idempotency keys are remembered this long.
     booking_idempotency_ttl_hours: float = 24.0
-    # Token verification results are cached per replica (the token is signed; the cache
-    # only saves the signature check on repeated calls), at most this many entries.
-    booking_token_cache_size: int = 5_000
 
     def minutes(self, n: float) -> float:
         """Rule minutes in seconds."""

@@ -15,7 +15,6 @@ from starlette.middleware import Middleware
 from .adapters import keys
 from .adapters.hotpath import HotPath, SlotBatcher
 from .api import router
-from .api.deps import TokenCache
 from .api.fast import FastReserve
 from .config import Settings
 from .consumers import BookingHolder, build_consumers
@@ -62,7 +61,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_startup=on_startup,
         on_shutdown=on_shutdown,
     )
-    app.state.token_cache = TokenCache(settings.booking_token_cache_size)
     if settings.booking_fast_reserve:
         # Innermost user middleware: inside the kit's request context, before FastAPI's routing.
         app.user_middleware.append(Middleware(FastReserve))

@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dropslot_contracts import Actor, Envelope
+from dropslot_contracts import Envelope
 from dropslot_contracts.events import identity as ev
 from dropslot_kit import context
 from dropslot_kit.db import Database, UnitOfWork
@@ -45,13 +44,6 @@ VERIFY, RESET = "verify_email", "password_reset"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def act_as(user_id: uuid.UUID) -> None:
-    """Name the actor of the events this request emits (sign-in and friends carry no bearer token)."""
-    ctx = context.current()
-    context.set_current(dataclasses.replace(
-        ctx, actor=Actor(user_id=user_id, ip=ctx.actor.ip, user_agent=ctx.actor.user_agent)))
 
 
 def user_view(row: dict[str, Any], roles: list[tuple[str, uuid.UUID | None]]) -> dict[str, Any]:
@@ -116,7 +108,7 @@ class IdentityService:
         user_id = uuid.uuid4()
         token = tokens.new_token()
         expires_at = utcnow() + timedelta(seconds=self.settings.identity_verification_ttl_seconds)
-        act_as(user_id)
+        context.act_as(user_id)
         async with self.db.uow() as uow:
             row = await repo.insert_user(uow.conn, user_id=user_id, email=email, password_hash=password_hash,
                                          name=name)
@@ -204,7 +196,7 @@ class IdentityService:
         else:
             new_hash = None
         user_id = row["id"]
-        act_as(user_id)
+        context.act_as(user_id)
         session_id = uuid.uuid4()
         async with self.db.uow() as uow:
             if new_hash:
@@ -262,7 +254,7 @@ class IdentityService:
             row = await repo.refresh_token_state(uow.conn, token_hash, grace)
             if row is None:  # purged between the two statements
                 raise errors.RefreshTokenInvalid()
-            act_as(row["user_id"])
+            context.act_as(row["user_id"])
             session_id = row["session_id"]
             spent = row["used_at"] is not None or row["generation"] != row["session_generation"]
             usable = row["revoked_at"] is None and not row["expired"] and row["user_status"] == U.ACTIVE
@@ -306,7 +298,7 @@ class IdentityService:
             session = await repo.session_of_refresh_token(uow.conn, tokens.hash_token(refresh_token))
             if session is None or session["revoked_at"] is not None:
                 return
-            act_as(session["user_id"])
+            context.act_as(session["user_id"])
             if await repo.revoke_session(uow.conn, session["id"], "logout"):
                 uow.emit(ev.SessionRevoked(user_id=session["user_id"], reason="logout", session_id=session["id"]))
 
@@ -322,7 +314,7 @@ class IdentityService:
                 raise errors.TokenInvalid("this verification link was already used (or replaced by a newer one)")
             if row["expired"]:
                 raise errors.TokenExpired("this verification link has expired; ask for a new one")
-            act_as(row["user_id"])
+            context.act_as(row["user_id"])
             await repo.use_one_time_token(uow.conn, row["id"])
             verified_at = await repo.mark_email_verified(uow.conn, row["user_id"])
             if verified_at is not None:
@@ -361,7 +353,7 @@ class IdentityService:
             if not await self.throttle.allow_reset_mail(email):
                 log.info("password reset mail for user %s suppressed (hourly limit)", row["id"])
                 return
-            act_as(row["id"])
+            context.act_as(row["id"])
             token = tokens.new_token()
             expires_at = utcnow() + timedelta(seconds=self.settings.identity_reset_ttl_seconds)
             await repo.retire_unused_tokens(uow.conn, row["id"], RESET)
@@ -380,7 +372,7 @@ class IdentityService:
         assert row is not None
         self.check_password(password, email=row["email"], name=row["name"])
         password_hash = await self.passwords.hash(password)
-        act_as(row["user_id"])
+        context.act_as(row["user_id"])
         async with self.db.uow() as uow:
             # Checked again under the row lock: two confirmations racing, only one wins.
             row = await repo.one_time_token(uow.conn, token_hash, RESET, for_update=True)

@@ -1,20 +1,14 @@
-"""Booking's metrics: the kit's `reservations_total` per attempt, and the group-commit batch size."""
+"""Booking's own metrics: the group-commit batch size and the reserve transaction's duration.
+(Attempts per drop and outcome are the kit's `reservations_total`, `telemetry.record_reservation`.)"""
 
 from __future__ import annotations
 
-from typing import Any
-
-from dropslot_kit import telemetry
 from prometheus_client import Histogram
 
 BATCH_SIZE = Histogram(
     "booking_reserve_batch_size", "Requests taken by one reserve transaction (group commit)",
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
-
-
-def record_reservation(drop_id: Any, accepted: bool, reason: str = "") -> None:
-    telemetry.record_reservation(drop_id, accepted, reason)
 RESERVE_TXN = Histogram(
     "booking_reserve_transaction_seconds", "Duration of one reserve transaction (one round trip, commit included)",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),

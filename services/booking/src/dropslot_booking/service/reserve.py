@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from dropslot_contracts.events.booking import ReservationConfirmed, ReservationCreated
+from dropslot_kit import telemetry
 from dropslot_kit.auth import Principal
 from dropslot_kit.errors import NotFound, Problem
 
@@ -35,7 +36,6 @@ from ..errors import (
     SlotClosed,
     SoldOut,
 )
-from . import metrics
 from .runtime import Booking
 from .views import audit_view, envelope, qr_url, reservation_body, reservation_snapshot
 
@@ -137,7 +137,7 @@ async def reserve(
         else:
             outcome = (await bk.hot.reserve(slot_id, now, [seat]))[0]
         if outcome == "ok":
-            metrics.record_reservation(view["drop_id"], True)
+            telemetry.record_reservation(view["drop_id"], True)
             return 201, seat.response
         if outcome != "idempotent":
             break
@@ -176,5 +176,5 @@ async def _refuse(
         if stored is not None:
             return replay(stored, fp)
     if view is not None:
-        metrics.record_reservation(view["drop_id"], False, problem.slug)
+        telemetry.record_reservation(view["drop_id"], False, problem.slug)
     raise problem
