@@ -89,17 +89,6 @@ async def member_store_ids(conn: AsyncConnection, principal: Principal, roles: I
     return {r[0] for r in rows} | principal.store_ids(*roles)
 
 
-async def store_member_ids(
-    conn: AsyncConnection, store_id: uuid.UUID, roles: Iterable[str] = STAFF
-) -> list[uuid.UUID]:
-    """The people holding one of `roles` in the store, as far as this service has heard."""
-    rows = await conn.execute(
-        text("SELECT DISTINCT user_id FROM store_members WHERE store_id = :s AND role = ANY(:r) ORDER BY user_id"),
-        {"s": store_id, "r": list(roles)},
-    )
-    return [r[0] for r in rows]
-
-
 def consume_memberships(consumers: EventConsumers) -> None:
     """Register the consumer that keeps `store_members` current in this service."""
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dropslot_contracts import Envelope
 from dropslot_kit.broker import EventConsumers
 from dropslot_kit.db import UnitOfWork
-from dropslot_kit.memberships import consume_memberships
 
 from .service import handlers
 from .service.handlers import HandlerDeps
@@ -14,12 +13,11 @@ from .service.handlers import HandlerDeps
 
 def build_consumers(deps: HandlerDeps) -> EventConsumers:
     consumers = EventConsumers("notifications")
-    consume_memberships(consumers)  # store owners, for operational mail
 
     @consumers.on(
         "identity.user.registered", "identity.user.updated", "identity.user.status_changed",
         "identity.user.email_verified", "identity.user.password_changed", "identity.email_verification.requested",
-        "identity.password_reset.requested",
+        "identity.password_reset.requested", "identity.role.granted", "identity.role.revoked",
         name="identity",
     )
     async def identity_events(env: Envelope, uow: UnitOfWork) -> None:

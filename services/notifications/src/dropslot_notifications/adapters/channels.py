@@ -212,23 +212,26 @@ class SmtpTransport:
             conn = self._take_idle(target)
             if conn is not None:
                 try:
-                    await self._send_on(conn, msg)
-                    return
+                    await conn.client.send_message(msg)
                 except Exception as exc:
+                    self._discard(conn)
                     if not _connection_gone(exc):
                         raise
                     log.info("SMTP connection to %s:%d was gone (%s: %s); sending again on a new one",
                              *target, type(exc).__name__, exc)
-            await self._send_on(await self._connect(target), msg)
-
-    async def _send_on(self, conn: _Connection, msg: EmailMessage) -> None:
-        """Send on `conn`; kept for the next message if that went well, discarded if not."""
-        try:
-            await conn.client.send_message(msg)
-        except BaseException:
-            self._discard(conn)
-            raise
-        self._put_idle(conn)
+                except BaseException:
+                    self._discard(conn)
+                    raise
+                else:
+                    self._put_idle(conn)
+                    return
+            conn = await self._connect(target)
+            try:
+                await conn.client.send_message(msg)
+            except BaseException:
+                self._discard(conn)
+                raise
+            self._put_idle(conn)
 
     async def _connect(self, target: tuple[str, int]) -> _Connection:
         if self.local_hostname is None:

@@ -268,6 +268,22 @@ async def upsert_store(conn: AsyncConnection, store_id: uuid.UUID, name: str, at
     """), {"s": store_id, "n": name, "at": at})
 
 
+async def set_store_owner(conn: AsyncConnection, store_id: uuid.UUID, user_id: uuid.UUID, is_owner: bool,
+                          at: datetime) -> None:
+    """Record (or revoke) an owner; an older event never overrides a newer one."""
+    await conn.execute(text("""
+        INSERT INTO store_owners (store_id, user_id, is_owner, source_at) VALUES (:s, :u, :o, :at)
+        ON CONFLICT (store_id, user_id) DO UPDATE SET is_owner = EXCLUDED.is_owner, source_at = EXCLUDED.source_at
+        WHERE store_owners.source_at <= EXCLUDED.source_at
+    """), {"s": store_id, "u": user_id, "o": is_owner, "at": at})
+
+
+async def store_owners(conn: AsyncConnection, store_id: uuid.UUID) -> list[uuid.UUID]:
+    rows = await conn.execute(text(
+        "SELECT user_id FROM store_owners WHERE store_id = :s AND is_owner ORDER BY user_id"), {"s": store_id})
+    return [r.user_id for r in rows]
+
+
 async def upsert_endpoint(conn: AsyncConnection, endpoint_id: uuid.UUID, store_id: uuid.UUID, url: str,
                           at: datetime, *, description: str | None = None, set_description: bool = False) -> None:
     """`endpoint.updated` carries no description: it keeps the one `endpoint.created` gave."""

@@ -12,7 +12,6 @@ from typing import Any
 
 from dropslot_contracts import Envelope
 from dropslot_contracts.events import booking, catalog, identity, payments, webhooks
-from dropslot_kit import memberships
 from dropslot_kit.db import UnitOfWork
 
 from ..adapters import repository as repo
@@ -81,6 +80,9 @@ async def on_identity(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
             user_id=ev.user_id, email=ev.email, name=ev.name, token=ev.token, expires_at=_iso(ev.expires_at),
             welcome=False, base_url=deps.base_url, path=deps.verify_path,
         )], deps)
+    elif isinstance(ev, identity.RoleGranted | identity.RoleRevoked):
+        if ev.code == "store_owner" and ev.store_id is not None:
+            await repo.set_store_owner(conn, ev.store_id, ev.user_id, isinstance(ev, identity.RoleGranted), at)
     elif isinstance(ev, identity.PasswordResetRequested):
         await notify(uow, env, [msgs.password_reset_intent(
             user_id=ev.user_id, email=ev.email, name=ev.name, token=ev.token, expires_at=_iso(ev.expires_at),
@@ -94,6 +96,8 @@ async def on_catalog(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None:
     conn, at = uow.conn, env.occurred_at
     if isinstance(ev, catalog.StoreCreated | catalog.StoreUpdated):
         await repo.upsert_store(conn, ev.store_id, ev.name, at)
+        if isinstance(ev, catalog.StoreCreated):
+            await repo.set_store_owner(conn, ev.store_id, ev.owner_user_id, True, at)
         return
     if not isinstance(ev, catalog.DropEvent):
         return
@@ -207,7 +211,7 @@ async def on_webhooks(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
     elif isinstance(ev, webhooks.EndpointDeleted):
         await repo.forget_endpoint(conn, ev.endpoint_id)
     elif isinstance(ev, webhooks.EndpointDisabled):
-        owners = await memberships.store_member_ids(conn, ev.store_id, memberships.OWNER)
+        owners = await repo.store_owners(conn, ev.store_id)
         if not owners:
             # catalog.store.created may still be on its way (another queue): retried, then
             # dead-lettered for an operator (e.g. a store older than this copy of its owners).
