@@ -123,20 +123,12 @@ async def test_a_verified_token_is_remembered_but_never_past_its_expiry(keys, mo
     v = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", leeway=0)
     token = signer.token(ttl=2)
     first = await v.verify(token)
-    calls = 0
-    real = v._verify
-
-    async def counting(t: str):
-        nonlocal calls
-        calls += 1
-        return await real(t)
-
-    monkeypatch.setattr(v, "_verify", counting)
-    assert await v.verify(token) == first and calls == 0  # remembered: no second signature check
+    calls = _counting(v, monkeypatch)
+    assert await v.verify(token) == first and calls[0] == 0  # remembered: no second signature check
     await asyncio.sleep(2.2)  # the token has expired
     with pytest.raises(InvalidToken):
         await v.verify(token)
-    assert calls == 1
+    assert calls[0] == 1
 
 
 async def test_an_altered_token_is_not_taken_for_a_remembered_one(keys):
@@ -155,3 +147,100 @@ async def test_remembered_tokens_are_bounded(keys):
     for t in tokens:
         await v.verify(t)
     assert list(v._verified) == tokens[2:]
+
+
+class _ES256Signer(TestSigner):
+    """A P-256 key published beside the Ed25519 ones (identity signs with EdDSA; ES256 is accepted)."""
+
+    def __init__(self) -> None:
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        super().__init__()
+        self.key = ec.generate_private_key(ec.SECP256R1())
+
+    def jwk(self) -> dict:
+        import json
+
+        data = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
+        return {**data, "kid": self.kid, "alg": "ES256", "use": "sig"}
+
+    def es256(self, **claims) -> str:
+        now = int(time.time())
+        payload = {"sub": str(uuid.uuid4()), "iss": "dropslot-identity", "aud": "dropslot", "iat": now,
+                   "exp": now + 300, **claims}
+        return jwt.encode(payload, self.key, algorithm="ES256", headers={"kid": self.kid})
+
+
+async def test_es256_tokens_are_accepted_and_an_algorithm_must_match_its_key(keys):
+    signer, server = keys
+    ec_signer = _ES256Signer()
+    server.signers.append(ec_signer)
+    v = verifier(server.url)
+    assert (await v.verify(ec_signer.es256())).user_id
+    # The EC key's kid with a header claiming EdDSA (and the other way round) is refused.
+    head, body, sig = ec_signer.es256().split(".")
+    with pytest.raises(InvalidToken, match="does not match"):
+        await v.verify(_b64(b'{"alg":"EdDSA","kid":"%s"}' % ec_signer.kid.encode()) + f".{body}.{sig}")
+    head, body, sig = signer.token().split(".")
+    with pytest.raises(InvalidToken, match="does not match"):
+        await v.verify(_b64(b'{"alg":"ES256","kid":"%s"}' % signer.kid.encode()) + f".{body}.{sig}")
+
+
+PROOF_KEY = "k" * 40
+
+
+def _counting(v: JWKSVerifier, monkeypatch) -> list[int]:
+    calls = [0]
+    real = v._verify
+
+    async def counting(t: str):
+        calls[0] += 1
+        return await real(t)
+
+    monkeypatch.setattr(v, "_verify", counting)
+    return calls
+
+
+async def test_a_gateway_proof_skips_the_signature_but_never_the_claims(keys, monkeypatch):
+    from dropslot_kit.auth import gateway_proof
+
+    signer, server = keys
+    v = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", proof_keys=["old" * 11, PROOF_KEY])
+    calls = _counting(v, monkeypatch)
+    uid = uuid.uuid4()
+    token = signer.token(uid)
+    assert (await v.verify(token, gateway_proof(PROOF_KEY, token))).user_id == uid  # any configured key
+    assert calls[0] == 0 and server.hits == 0  # no signature check, not even a key fetch
+    for bad in (signer.token(ttl=-60), signer.token(audience="other"), signer.token(typ="refresh"),
+                signer.token(issuer="other"), signer.token(iat=int(time.time()) + 3600)):
+        with pytest.raises(InvalidToken):
+            await v.verify(bad, gateway_proof(PROOF_KEY, bad))
+
+
+async def test_a_wrong_or_foreign_proof_means_a_full_check(keys, monkeypatch):
+    from dropslot_kit.auth import gateway_proof
+
+    signer, server = keys
+    v = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", proof_keys=[PROOF_KEY])
+    calls = _counting(v, monkeypatch)
+    token = signer.token()
+    with pytest.raises(InvalidToken):  # the proof of another token does not cover an altered one
+        await v.verify(_alter(token), gateway_proof(PROOF_KEY, token))
+    forged = TestSigner(kid=signer.kid).token()
+    with pytest.raises(InvalidToken):  # a proof under a key we do not hold is no proof
+        await v.verify(forged, gateway_proof("x" * 40, forged))
+    assert (await v.verify(token, "not-a-proof")).user_id  # a good token with a bad proof: checked in full
+    assert calls[0] == 3
+
+
+async def test_without_keys_proofs_are_ignored_and_short_keys_are_refused(keys, monkeypatch):
+    from dropslot_kit.auth import gateway_proof
+
+    signer, server = keys
+    v = verifier(server.url)
+    calls = _counting(v, monkeypatch)
+    token = signer.token()
+    await v.verify(token, gateway_proof(PROOF_KEY, token))
+    assert calls[0] == 1 and v.proof(token) is None
+    with pytest.raises(ValueError, match="at least 32"):
+        JWKSVerifier(server.url, issuer="i", audience="a", proof_keys=["change-me"])

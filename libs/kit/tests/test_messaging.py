@@ -183,6 +183,40 @@ async def test_a_burst_is_handled_in_few_transactions_each_event_once(harness):
     assert len(transactions) < len(names) / 4, f"{len(transactions)} transactions for {len(names)} events"
 
 
+async def test_deliveries_are_acknowledged_in_bulk_and_none_is_left_out(harness, test_settings, monkeypatch):
+    """One basic.ack(multiple) per settled stretch instead of one frame per event; every
+    delivery is covered before the consumer stops, so nothing comes back to the queue."""
+    import aiormq
+
+    acks: list[tuple[int, bool]] = []
+    real = aiormq.Channel.basic_ack
+
+    async def spy(self, delivery_tag, multiple=False, wait=True):
+        acks.append((delivery_tag, multiple))
+        return await real(self, delivery_tag, multiple=multiple, wait=wait)
+
+    monkeypatch.setattr(aiormq.Channel, "basic_ack", spy)
+    await harness.stop_relay()
+    names = [f"ack-{i}" for i in range(200)]
+    await harness.emit(*names)
+    harness.start_relay()
+    await eventually(lambda: _has(harness, *names), timeout=30, what="all 200 events")
+
+    async def all_acknowledged() -> bool:
+        return bool(acks) and max(tag for tag, _ in acks) == 200
+
+    await eventually(all_acknowledged, timeout=10, what="an acknowledgement covering delivery 200")
+    assert all(multiple for _, multiple in acks) and len(acks) < 200 / 4, acks
+    await harness.consumer.stop()  # unacknowledged deliveries would go back to the queue now
+    conn = await aio_pika.connect(test_settings.rabbit_url)
+    try:
+        channel = await conn.channel()
+        queue = await channel.declare_queue(f"{test_settings.broker_namespace}.audit.{harness.handler}", passive=True)
+        assert queue.declaration_result.message_count == 0
+    finally:
+        await conn.close()
+
+
 async def test_each_event_of_a_batch_runs_under_its_own_tenant(harness):
     """Row-level security in a batch: the tenant is switched per event, and cleared for none."""
     await harness.stop_relay()  # let them pile up, so they arrive as one batch

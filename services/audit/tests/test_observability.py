@@ -161,7 +161,7 @@ async def test_one_trace_from_the_gateway_request_to_the_consumer_of_its_event(s
     # -> audit's SERVER span -> ... -> relay PRODUCER -> CONSUMER
     assert kinds[kinds.index((SpanKind.SERVER, "gateway POST audit")):] == [
         (SpanKind.SERVER, "gateway POST audit"),
-        (SpanKind.CLIENT, "POST"),  # the gateway's upstream call (aiohttp instrumentation)
+        (SpanKind.CLIENT, "POST"),  # the gateway's upstream call (its own CLIENT span)
         (SpanKind.SERVER, "POST /api/v1/audit-logs/_probe"),
         (SpanKind.PRODUCER, "publish catalog.store.updated"),  # the outbox relay, later, in another task
         (SpanKind.CONSUMER, "consume catalog.store.updated"),

@@ -14,8 +14,11 @@ from dropslot_gateway.config import Settings
 from dropslot_gateway.main import Gateway
 from dropslot_gateway.ratelimit import RateLimiter
 from dropslot_gateway.routes import service_for
+from dropslot_kit.auth import gateway_proof
 from dropslot_kit.launcher import free_port
 from dropslot_kit.testkeys import JwksServer, TestSigner
+
+PROOF_KEY = "gateway-test-proof-key-" + "x" * 20
 
 
 class Upstream:
@@ -70,6 +73,7 @@ async def gw(infra):
         jwks_url=jwks.url, redis_url=infra.redis_url, upstream_timeout_seconds=1.0,
         rate_limit_user_per_minute=8, rate_limit_ip_per_minute=40, rate_limit_reserve_per_minute=3,
         log_json=False, rate_limit_prefix=f"rl-test:{uuid.uuid4().hex}", trusted_proxies=["127.0.0.0/8"],
+        gateway_proof_keys=[PROOF_KEY],
     )
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(Gateway(settings), host="127.0.0.1", port=port, log_level="warning",
@@ -116,6 +120,14 @@ async def test_proxies_path_query_body_and_request_id(gw):
     assert echoed["headers"]["X-Request-ID"] == "req-42" and r.headers["x-request-id"] == "req-42"
     assert echoed["headers"]["X-Forwarded-For"].startswith("198.51.100.")
     assert echoed["headers"]["X-Real-IP"].startswith("198.51.100.")  # behind a trusted proxy: the caller
+
+
+async def test_answers_carry_their_length_and_head_has_no_body(gw):
+    c = gw["client"]
+    r = await c.get("/api/v1/slots/1")
+    assert r.headers["content-length"] == str(len(r.content)) and "transfer-encoding" not in r.headers
+    h = await c.head("/api/v1/slots/1")
+    assert h.status_code == 200 and h.content == b"" and int(h.headers["content-length"]) > 0
 
 
 async def test_client_cannot_choose_its_audited_address(gw):
@@ -169,6 +181,26 @@ async def test_tokens_are_checked_before_routing(gw):
         r = await c.get("/api/v1/slots/1", headers={"Authorization": f"Bearer {bad}"})
         assert r.status_code == 401 and r.json()["type"].endswith("/invalid-token")
     assert gw["b1"].hits + gw["b2"].hits == before  # refused requests never reached booking
+
+
+def _lower(headers: dict[str, str]) -> dict[str, str]:
+    return {k.lower(): v for k, v in headers.items()}
+
+
+async def test_a_checked_token_travels_with_the_gateways_proof_and_a_client_cannot_send_one(gw):
+    c, signer = gw["client"], gw["signer"]
+    token = signer.token()
+    forged = gateway_proof(PROOF_KEY, "a token of my own making")
+    r = await c.get("/api/v1/slots/1", headers={"Authorization": f"Bearer {token}",
+                                                "X-DropSlot-Gateway-Proof": forged})
+    assert _lower(r.json()["headers"])["x-dropslot-gateway-proof"] == gateway_proof(PROOF_KEY, token)
+    # Without a token (or on identity's own /auth routes, which it does not check) there is no
+    # proof, and what the client sent is dropped.
+    r = await c.get("/api/v1/slots/1", headers={"X-DropSlot-Gateway-Proof": forged})
+    assert "x-dropslot-gateway-proof" not in _lower(r.json()["headers"])
+    r = await c.post("/api/v1/auth/login", headers={"Authorization": f"Bearer {token}",
+                                                    "X-DropSlot-Gateway-Proof": forged})
+    assert "x-dropslot-gateway-proof" not in _lower(r.json()["headers"])
 
 
 async def test_rate_limits_per_user_with_retry_after(gw):

@@ -8,21 +8,16 @@ system whose grace is 2 s."""
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import jwt
 import pytest
-from dropslot_kit.launcher import prepare_database
 from dropslot_kit.testing import (
     Infra,
     RunningSystem,
-    drop_test_resources,
-    settings_for,
+    own_system,
     sign_up,
-    start_system,
     unique_email,
 )
 
@@ -146,22 +141,10 @@ async def test_a_suspended_account_is_not_revived_by_the_window(http, admin):
 # --- a system with a short grace window ----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def short_grace_system(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
-    suffix = uuid.uuid4().hex[:10]
-    settings = settings_for(infra, f"dropslot_idg_{suffix}", f"idg{suffix}")
-    with open(os.devnull, "w") as quiet:
-        prepare_database(settings, log=quiet)
-    running = start_system(settings, tmp_path_factory.mktemp("identity-grace"), booking_replicas=1, extra_env={
+    with own_system(infra, "idg", tmp_path_factory.mktemp("identity-grace"), extra_env={
         "DROPSLOT_IDENTITY_REFRESH_REUSE_GRACE_SECONDS": str(SHORT_GRACE),
-        # A second system on a shared PostgreSQL: keep its connections few.
-        "DROPSLOT_DB_POOL_SIZE": "2",
-        "DROPSLOT_DB_MAX_OVERFLOW": "6",
-        "DROPSLOT_BOOKING_POOL_SIZE": "2",
-    })
-    try:
+    }) as running:
         yield running
-    finally:
-        running.system.stop()
-        drop_test_resources(settings)
 
 
 @pytest.fixture

@@ -74,3 +74,36 @@ async def test_the_owner_is_mailed_once_which_endpoint_why_since_when_and_how_to
     assert "410 Gone" in plain(gone) and "failing since" not in plain(gone)
     mine = await my_notifications(api, customer, template=TEMPLATE)
     assert len(mine) == 2 and all(n["channel"] == "email" for n in mine)
+
+
+async def test_an_owner_known_before_the_stores_name_waits_for_the_name(api, bus, smtp, customer):
+    """identity.role.granted (the owner) and catalog.store.created (the name) travel on different
+    queues: a disablement handled between the two waits (retried) for the name instead of mailing
+    a subject without it (seen in CI)."""
+    import asyncio
+
+    from dropslot_contracts.events.catalog import StoreCreated
+    from dropslot_contracts.events.identity import RoleGranted
+
+    store_id, owner = uuid.uuid4(), uuid.UUID(customer["id"])
+    endpoint_id, url = uuid.uuid4(), f"https://wait-{uuid.uuid4().hex[:6]}.example.com/hooks"
+    await bus.publish(Envelope.wrap(RoleGranted(user_id=owner, code="store_owner", store_id=store_id),
+                                    producer="identity", store_id=store_id))
+    await bus.publish(Envelope.wrap(EndpointCreated(endpoint_id=endpoint_id, store_id=store_id, url=url,
+                                                    description="POS"), producer="webhooks", store_id=store_id))
+    await bus.publish(disabled(store_id, endpoint_id, url))
+    await asyncio.sleep(0.4)  # handled at least once by now, with the owner known and the name not
+    name = f"Late {uuid.uuid4().hex[:6]}"
+    await bus.publish(Envelope.wrap(StoreCreated(store_id=store_id, tenant_key=f"t-{store_id.hex[:8]}", name=name,
+                                                 slug=f"late-{store_id.hex[:8]}", owner_user_id=owner),
+                                    producer="catalog", store_id=store_id))
+
+    def mails() -> list[Any]:
+        return [m for m in smtp.to(customer["email"], TEMPLATE) if url in plain(m)]
+
+    async def sent() -> bool:
+        return bool(mails())
+
+    await eventually(sent, timeout=45, what="the endpoint-disabled mail")
+    [mail] = mails()
+    assert mail["Subject"] == f"Webhook endpoint disabled for {name}: POS"

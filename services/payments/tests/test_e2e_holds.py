@@ -7,23 +7,18 @@ Everything is driven through the gateway."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import httpx
 import pytest
-from dropslot_kit.launcher import prepare_database
 from dropslot_kit.testing import (
     Infra,
     RunningSystem,
-    drop_test_resources,
     eventually,
-    settings_for,
+    own_system,
     sign_up,
-    start_system,
 )
 
 from .flows import (
@@ -46,27 +41,15 @@ HOLD = {"hold_minutes": 1}  # 3 s here
 
 @pytest.fixture(scope="module")
 def holds_system(infra: Infra, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
-    suffix = uuid.uuid4().hex[:10]
-    settings = settings_for(infra, f"dropslot_payh_{suffix}", f"payh{suffix}")
-    with open(os.devnull, "w") as quiet:
-        prepare_database(settings, log=quiet)
-    running = start_system(settings, tmp_path_factory.mktemp("payments-holds"), booking_replicas=1, extra_env={
+    with own_system(infra, "payh", tmp_path_factory.mktemp("payments-holds"), extra_env={
         "DROPSLOT_BOOKING_MINUTE_SECONDS": "3",
         "DROPSLOT_BOOKING_PAYMENT_GRACE_SECONDS": "3",
         "DROPSLOT_PAYMENTS_SANDBOX_SLOW_PROCESSING_SECONDS": "10",
         "DROPSLOT_PAYMENTS_SANDBOX_DUPLICATE_RATE": "0.5",
         "DROPSLOT_PAYMENTS_SANDBOX_SHUFFLE": "true",
         "DROPSLOT_PAYMENTS_SANDBOX_SHUFFLE_WINDOW_SECONDS": "0.3",
-        # A second system on a shared PostgreSQL: keep its connections few.
-        "DROPSLOT_DB_POOL_SIZE": "2",
-        "DROPSLOT_DB_MAX_OVERFLOW": "6",
-        "DROPSLOT_BOOKING_POOL_SIZE": "2",
-    })
-    try:
+    }) as running:
         yield running
-    finally:
-        running.system.stop()
-        drop_test_resources(settings)
 
 
 @pytest.fixture

@@ -126,7 +126,8 @@ def create_service_app(
 
     db = Database(settings) if with_db else None
     messaging = Messaging(settings, db, consumers)
-    verifier = JWKSVerifier(settings.jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+    verifier = JWKSVerifier(settings.jwks_url, issuer=settings.jwt_issuer, audience=settings.jwt_audience,
+                            proof_keys=settings.gateway_proof_keys)
 
     async def publish(routing_key: str, body: bytes, message_id: str, headers: dict[str, Any]) -> None:
         await messaging.publish_raw(routing_key, body, message_id=message_id, headers=headers)

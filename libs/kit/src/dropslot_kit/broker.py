@@ -152,6 +152,71 @@ class _Batcher:
             self._task = None
 
 
+class _Acks:
+    """Acknowledges one consumer channel's deliveries in bulk: `basic.ack(multiple=True)` up to
+    the highest tag below which every delivery is settled, once per turn of the event loop.
+
+    A batch of 60 events was 60 ack frames, each a write to the socket and work for the broker
+    (a sixth of a consumer's CPU in a storm); now it is one. Delivery tags on a channel count
+    1, 2, 3, ... and each consumer has a channel of its own, so "everything up to T" is exactly
+    the deliveries this consumer has seen; a delivery settled otherwise (nacked back to the
+    queue) is passed over, and the tag sent is always one still to acknowledge. A delivery whose
+    handling is still running holds back the acknowledgement of those after it (they wait in
+    the channel's prefetch); a reconnect opens a new channel with its own count, and what was
+    not acknowledged on the old one is redelivered (the inbox makes that harmless).
+    """
+
+    def __init__(self, channel: Any) -> None:
+        self.channel = channel
+        self.next_tag = 1  # the lowest delivery not yet acknowledged or otherwise settled
+        self.ok: set[int] = set()
+        self.passed: set[int] = set()
+        self.scheduled = False
+        self.sending: set[asyncio.Task[None]] = set()
+
+    def done(self, tag: int) -> None:
+        self.ok.add(tag)
+        self._schedule()
+
+    def settled_otherwise(self, tag: int) -> None:
+        self.passed.add(tag)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.scheduled = False
+        tag, last_ok = self.next_tag, 0
+        while True:
+            if tag in self.ok:
+                self.ok.discard(tag)
+                last_ok = tag
+            elif tag in self.passed:
+                self.passed.discard(tag)
+            else:
+                break
+            tag += 1
+        self.next_tag = tag
+        if last_ok:
+            task = asyncio.create_task(self._send(last_ok))
+            self.sending.add(task)
+            task.add_done_callback(self.sending.discard)
+
+    async def _send(self, tag: int) -> None:
+        try:
+            await self.channel.basic_ack(tag, multiple=True)
+        except Exception as exc:  # noqa: BLE001 - the channel is gone: the broker redelivers
+            log.warning("could not acknowledge deliveries up to %d (%r); they will be redelivered", tag, exc)
+
+    async def drain(self) -> None:
+        self.flush()
+        if self.sending:
+            await asyncio.wait(set(self.sending), timeout=5.0)
+
+
 class Messaging:
     """Owns the broker for one service process: publishes and runs the consumers.
 
@@ -176,6 +241,7 @@ class Messaging:
         self._attached: dict[str, tuple[Any, Any, str]] = {}  # queue -> (channel, queue, consumer tag)
         self._batchers: dict[str, _Batcher] = {}
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._acks: dict[int, _Acks] = {}  # id(aiormq channel) -> its acknowledgements
         self._publish_channel: Any = None
         self._publish_targets: dict[str, Any] = {}
         for consumer in self.consumers:
@@ -218,9 +284,15 @@ class Messaging:
         queue = await channel.declare_queue(qname, passive=True)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
+            try:
+                acks = self._acks_for(message.channel)
+            except aio_pika.exceptions.ChannelInvalidStateError:
+                return  # delivered on a channel closed since: the broker delivers it again
             task = asyncio.current_task()
             if task is not None:
                 self._in_flight.add(task)
+            tag = message.delivery_tag
+            assert tag is not None
             try:
                 await self._handle(consumer, qname, message)
             except Exception:
@@ -229,11 +301,12 @@ class Messaging:
                 log.exception("consumer %s could not settle a message; requeued", consumer.name)
                 with contextlib.suppress(Exception):
                     await message.nack(requeue=True)
+                acks.settled_otherwise(tag)
                 return
             finally:
                 if task is not None:
                     self._in_flight.discard(task)
-            await message.ack()
+            acks.done(tag)
 
         tag = await queue.consume(on_message, no_ack=False)
         self._attached[qname] = (channel, queue, tag)
@@ -272,6 +345,8 @@ class Messaging:
                     await queue.cancel(tag)
         if self._in_flight:
             await asyncio.wait(set(self._in_flight), timeout=10.0)
+        for acks in list(self._acks.values()):
+            await acks.drain()
         for channel, _, _ in self._attached.values():
             with contextlib.suppress(Exception):
                 await channel.close()
@@ -314,6 +389,14 @@ class Messaging:
             target = channel.default_exchange if name == "" else await channel.get_exchange(name, ensure=False)
             self._publish_targets[name] = target
         return target
+
+    def _acks_for(self, channel: Any) -> _Acks:
+        acks = self._acks.get(id(channel))
+        if acks is None or acks.channel is not channel:
+            # A new channel (first delivery, or re-opened after a reconnect); forget closed ones.
+            self._acks = {k: a for k, a in self._acks.items() if not a.channel.is_closed}
+            acks = self._acks[id(channel)] = _Acks(channel)
+        return acks
 
     async def _handle(self, consumer: Consumer, qname: str, message: Any) -> None:
         raw: bytes = message.body

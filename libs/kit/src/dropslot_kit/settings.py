@@ -38,6 +38,10 @@ class KitSettings(BaseSettings):
     jwks_url: str = "http://127.0.0.1:8001/api/v1/auth/jwks.json"
     jwt_issuer: str = "dropslot-identity"
     jwt_audience: str = "dropslot"
+    # Shared by the gateway and the services: the gateway forwards an HMAC of each token it
+    # verified, so services need not check its signature again (auth.py). The first key signs,
+    # all are accepted (rotation). Empty: no proofs, every service checks every signature.
+    gateway_proof_keys: list[str] = Field(default_factory=list)
     public_base_url: str = "http://127.0.0.1:8000"
 
     outbox_batch: int = 256

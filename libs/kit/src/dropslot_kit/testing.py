@@ -203,7 +203,7 @@ class RunningSystem:
 
 
 def start_system(settings: KitSettings, log_dir: Path, *, booking_replicas: int = 2,
-                 extra_env: dict[str, str] | None = None) -> RunningSystem:
+                 extra_env: dict[str, str] | None = None, nice: dict[str, int] | None = None) -> RunningSystem:
     env = env_for(settings)
     env.update({
         "DROPSLOT_LOG_JSON": "true",
@@ -218,6 +218,8 @@ def start_system(settings: KitSettings, log_dir: Path, *, booking_replicas: int 
     })
     env.update(extra_env or {})
     system = System(env=env, booking_replicas=booking_replicas, free_ports=True, log_dir=log_dir)
+    if nice is not None:
+        system.nice = nice
     system.plan()
     system.start()
     try:
@@ -227,6 +229,25 @@ def start_system(settings: KitSettings, log_dir: Path, *, booking_replicas: int 
         system.stop()
         raise RuntimeError(f"the system did not start:\n{logs}") from None
     return RunningSystem(system, settings, log_dir)
+
+
+@contextlib.contextmanager
+def own_system(infra: Infra, prefix: str, log_dir: Path, *, booking_replicas: int = 1,
+               extra_env: dict[str, str] | None = None) -> Iterator[RunningSystem]:
+    """A second whole system with settings of its own (its own database and namespace, removed
+    afterwards), for tests that need different settings from the session's system. It runs
+    beside others on a shared PostgreSQL, so its pools are kept small."""
+    settings = fresh_settings(infra, prefix)
+    env = {"DROPSLOT_DB_POOL_SIZE": "2", "DROPSLOT_DB_MAX_OVERFLOW": "6", "DROPSLOT_BOOKING_POOL_SIZE": "2",
+           **(extra_env or {})}
+    try:
+        running = start_system(settings, log_dir, booking_replicas=booking_replicas, extra_env=env)
+        try:
+            yield running
+        finally:
+            running.system.stop()
+    finally:
+        drop_test_resources(settings)
 
 
 @pytest.fixture(scope="session")

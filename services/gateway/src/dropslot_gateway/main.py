@@ -1,8 +1,9 @@
 """The gateway: one public entry, kept thin because it is on every request's path.
 
-Pure ASGI with pooled keep-alive aiohttp connections per service (an httpx-based proxy
-cost ~2.5 ms CPU per request here, aiohttp ~0.3 ms), local JWT checks with cached keys,
-bodies passed through unparsed, replicas balanced round-robin.
+Pure ASGI with pooled keep-alive connections per replica (upstream.py: an httpx-based proxy
+cost ~2.5 ms CPU per request here, aiohttp ~0.3 ms, ours less), local JWT checks with cached keys,
+bodies passed through unparsed, replicas balanced round-robin. A token checked here is
+forwarded with the gateway's proof (kit auth), so the service does not check its signature again.
 """
 
 from __future__ import annotations
@@ -18,13 +19,14 @@ from typing import Any
 
 import aiohttp
 from dropslot_kit import telemetry
-from dropslot_kit.auth import JWKSVerifier
+from dropslot_kit.auth import PROOF_HEADER, JWKSVerifier
 from dropslot_kit.errors import InvalidToken, Problem, RateLimited, problem_body
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .config import Settings
 from .ratelimit import RateLimiter
 from .routes import service_for
+from .upstream import ConnectFailed, UpstreamBroken, UpstreamPool
 
 log = logging.getLogger("dropslot.gateway")
 
@@ -32,7 +34,11 @@ HOP_BY_HOP = {
     b"connection", b"keep-alive", b"proxy-authenticate", b"proxy-authorization", b"te", b"trailers",
     b"transfer-encoding", b"upgrade", b"host", b"content-length",
 }
-RESP_DROP = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+PROOF = PROOF_HEADER.encode()
+# Set by the gateway only: a client must not choose its audited address or forge our proof.
+OURS_TO_SET = {b"x-real-ip", b"x-request-id", PROOF}
+RESP_DROP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", b"date",
+             b"x-request-id"}
 
 
 class BadGateway(Problem):
@@ -65,9 +71,11 @@ class Gateway:
         telemetry.setup_tracing("gateway", self.settings.otlp_endpoint)
         self.upstreams = {name: Upstream(name, urls) for name, urls in self.settings.upstreams.items()}
         self.verifier = JWKSVerifier(
-            self.settings.jwks_url, issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience
+            self.settings.jwks_url, issuer=self.settings.jwt_issuer, audience=self.settings.jwt_audience,
+            proof_keys=self.settings.gateway_proof_keys,
         )
-        self.session: aiohttp.ClientSession | None = None
+        self.session: aiohttp.ClientSession | None = None  # /ready and /openapi.json, off the hot path
+        self.pool: UpstreamPool | None = None
         self.limiter: RateLimiter | None = None
         self._openapi: bytes | None = None
         self.trusted = [ipaddress.ip_network(n) for n in self.settings.trusted_proxies]
@@ -90,18 +98,9 @@ class Gateway:
 
     # --- lifecycle -------------------------------------------------------------------------------
     async def startup(self) -> None:
-        connector = aiohttp.TCPConnector(
-            # Shorter than the services' own keep-alive (75 s, see the launcher and compose), so
-            # the gateway never reuses a connection the service has just closed (a 502).
-            limit=0, limit_per_host=self.settings.max_connections_per_upstream, keepalive_timeout=30,
-            ttl_dns_cache=300,
-        )
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"),
-            timeout=aiohttp.ClientTimeout(
-                total=self.settings.upstream_timeout_seconds, sock_connect=self.settings.connect_timeout_seconds
-            ),
-        )
+        self.pool = UpstreamPool(limit=self.settings.max_connections_per_upstream,
+                                 connect_timeout=self.settings.connect_timeout_seconds)
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         if self.settings.rate_limit_enabled:
             self.limiter = RateLimiter(
                 self.settings.redis_url, self.settings.rate_limit_prefix,
@@ -112,6 +111,8 @@ class Gateway:
     async def shutdown(self) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.pool is not None:
+            self.pool.close()
         if self.limiter is not None:
             await self.limiter.close()
 
@@ -128,6 +129,12 @@ class Gateway:
             status, headers, body, route = await self._handle_traced(scope, receive, path)
         else:
             status, headers, body, route = await self._handle(scope, receive, path)
+        head = scope["method"] == "HEAD"
+        if head:
+            body = b""
+        elif status not in (204, 304):
+            # The whole body is at hand: say its length (otherwise uvicorn would send it chunked).
+            headers.append((b"content-length", b"%d" % len(body)))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
         if route:
@@ -210,9 +217,9 @@ class Gateway:
     async def _proxy(
         self, scope: dict[str, Any], receive: Any, service: str, request_id: bytes, req_headers: list[Any]
     ) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        assert self.session is not None
+        assert self.pool is not None
         method: str = scope["method"]
-        headers: dict[str, str] = {}
+        headers: list[tuple[bytes, bytes]] = []
         auth: bytes | None = None
         xff: bytes | None = None
         for k, v in req_headers:
@@ -223,16 +230,15 @@ class Gateway:
             elif k == b"x-forwarded-for":
                 xff = v
                 continue
-            elif k == b"x-real-ip":  # ours to set: a client must not choose its audited address
+            elif k in OURS_TO_SET:
                 continue
-            headers[k.decode("latin-1")] = v.decode("latin-1")
+            headers.append((k, v))
         client = scope.get("client")
         peer = client[0] if client else "unknown"
-        headers["x-forwarded-for"] = (xff.decode("latin-1") + ", " if xff else "") + peer
+        headers.append((b"x-forwarded-for", (xff + b", " if xff else b"") + peer.encode("latin-1")))
         client_ip = self.client_ip(peer, xff)
-        headers["x-real-ip"] = client_ip
-        headers["x-request-id"] = request_id.decode()
-        telemetry.inject_headers(headers)
+        headers.append((b"x-real-ip", client_ip.encode("latin-1")))
+        headers.append((b"x-request-id", request_id))
 
         user_key: str | None = None
         # /auth/* is identity's own door (sign-in, refresh with a stale access token still
@@ -242,35 +248,61 @@ class Gateway:
             scheme, _, value = token.partition(" ")
             if scheme.lower() != "bearer" or not value:
                 raise InvalidToken("Authorization must be 'Bearer <token>'")
-            principal = await self.verifier.verify(value.strip())
+            value = value.strip()
+            principal = await self.verifier.verify(value)
             user_key = str(principal.user_id)
+            proof = self.verifier.proof(value)
+            if proof is not None:
+                headers.append((PROOF, proof.encode()))
         self._rate_limit(method, scope["path"], client_ip, user_key)
 
         body = await self._read_body(receive)
         query = scope.get("query_string", b"")
-        suffix = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        target = scope["raw_path"].decode("latin-1") if scope.get("raw_path") else scope["path"]
+        target += "?" + query.decode("latin-1") if query else ""
         last_error: Exception | None = None
         for base_url in self.upstreams[service].order():
             try:
-                async with self.session.request(
-                    method, base_url + suffix, data=body or None, headers=headers, allow_redirects=False
-                ) as resp:
-                    payload = await resp.read()
-                    out = [(b"x-request-id", request_id)]
-                    for k, v in resp.headers.items():
-                        if k.lower() not in RESP_DROP and k.lower() != "x-request-id":
-                            out.append((k.lower().encode("latin-1"), v.encode("latin-1")))
-                    return resp.status, out, payload
-            except aiohttp.ClientConnectorError as exc:
+                async with asyncio.timeout(self.settings.upstream_timeout_seconds):
+                    if telemetry.tracing_enabled():
+                        status, resp_headers, payload = await self._traced_request(
+                            base_url, method, target, headers, body)
+                    else:
+                        status, resp_headers, payload = await self.pool.request(
+                            base_url, method, target, headers, body)
+            except ConnectFailed as exc:
                 # Nothing reached that replica: safe to try the next one, whatever the method.
                 last_error = exc
                 continue
             except TimeoutError:
                 limit = self.settings.upstream_timeout_seconds
                 raise GatewayTimeout(f"{service} did not answer within {limit:.0f}s") from None
-            except aiohttp.ClientError as exc:
-                raise BadGateway(f"{service}: {type(exc).__name__}") from None
-        raise BadGateway(f"{service} is not reachable ({last_error!r})")
+            except UpstreamBroken as exc:
+                raise BadGateway(f"{service}: {exc}") from None
+            out = [(b"x-request-id", request_id)]
+            # Content-Length is set from the body when answering, but a HEAD answer has none.
+            keep_length = method == "HEAD"
+            out += [(k, v) for k, v in resp_headers
+                    if k not in RESP_DROP or (keep_length and k == b"content-length")]
+            return status, out, payload
+        raise BadGateway(f"{service} is not reachable ({last_error})")
+
+    async def _traced_request(self, base_url: str, method: str, target: str, headers: list[tuple[bytes, bytes]],
+                              body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The upstream call as a CLIENT span, whose context the service continues."""
+        assert self.pool is not None
+        with telemetry.tracer("dropslot.gateway").start_as_current_span(
+            method, kind=SpanKind.CLIENT,
+            attributes={"http.request.method": method, "url.full": base_url + target},
+        ) as span:
+            carrier = telemetry.inject_headers({})
+            sent = [(k, v) for k, v in headers if k not in (b"traceparent", b"tracestate")]
+            sent += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in carrier.items()]
+            status, resp_headers, payload = await self.pool.request(base_url, method, target, sent, body)
+            span.set_attribute("http.response.status_code", status)
+            if status >= 500:
+                span.set_status(StatusCode.ERROR)
+            return status, resp_headers, payload
 
     def _rate_limit(self, method: str, path: str, ip: str, user: str | None) -> None:
         if self.limiter is None:

@@ -198,7 +198,7 @@ class LocalVerifier(JWKSVerifier):
 
     def __init__(self, ring: KeyRing, settings: Settings):
         super().__init__("local:signing_keys", issuer=settings.jwt_issuer, audience=settings.jwt_audience,
-                         cache_seconds=settings.identity_key_cache_seconds)
+                         cache_seconds=settings.identity_key_cache_seconds, proof_keys=settings.gateway_proof_keys)
         self.ring = ring
 
     async def _refresh(self, *, force: bool) -> None:

@@ -212,13 +212,15 @@ async def on_webhooks(env: Envelope, uow: UnitOfWork, deps: HandlerDeps) -> None
         await repo.forget_endpoint(conn, ev.endpoint_id)
     elif isinstance(ev, webhooks.EndpointDisabled):
         owners = await repo.store_owners(conn, ev.store_id)
-        if not owners:
-            # catalog.store.created may still be on its way (another queue): retried, then
+        name = await repo.store_name(conn, ev.store_id)
+        if not owners or name is None:
+            # catalog.store.created may still be on its way (another queue; the owner may already
+            # be known from identity's role.granted, the store's name not yet): retried, then
             # dead-lettered for an operator (e.g. a store older than this copy of its owners).
-            raise RecipientsNotKnownYet(f"no owner of store {ev.store_id} known to tell that webhook endpoint "
-                                        f"{ev.endpoint_id} was disabled ({ev.reason})")
+            raise RecipientsNotKnownYet(f"store {ev.store_id} (owner or name) not known yet to tell that webhook "
+                                        f"endpoint {ev.endpoint_id} was disabled ({ev.reason})")
         await notify(uow, env, msgs.endpoint_disabled_intents(
-            owners, store_id=ev.store_id, store_name=await repo.store_name(conn, ev.store_id),
+            owners, store_id=ev.store_id, store_name=name,
             endpoint_id=ev.endpoint_id, url=ev.url, description=await repo.endpoint_description(conn, ev.endpoint_id),
             reason=ev.reason, failing_since=_iso(ev.failing_since), last_status_code=ev.last_status_code,
             last_error=ev.last_error, disabled_at=_iso(at), base_url=deps.base_url,
