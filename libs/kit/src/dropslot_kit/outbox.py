@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from . import telemetry
 from .settings import KitSettings
+from .waiting import woken
 
 log = logging.getLogger("dropslot.outbox")
 
@@ -69,8 +70,7 @@ class OutboxRelay:
                     if sent < 0:  # the broker refused: back off instead of spinning
                         await asyncio.sleep(1.0)
                         continue
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.settings.outbox_poll_seconds)
+                    await woken(self._wake, self.settings.outbox_poll_seconds)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -31,6 +31,7 @@ import asyncpg
 from dropslot_contracts.events.webhooks import EndpointDisabled
 from dropslot_kit import telemetry
 from dropslot_kit.db import Database
+from dropslot_kit.waiting import woken
 from opentelemetry.trace import SpanKind
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -104,8 +105,7 @@ class DeliveryWorker:
                         task.add_done_callback(self._done)
                 if claimed and len(self._inflight) < self.settings.webhooks_max_inflight:
                     continue  # there may be more due right now
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.webhooks_poll_seconds)
+                await woken(self._wake, self.settings.webhooks_poll_seconds)
         finally:
             await self.stop()
             recorder.cancel()

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 import asyncpg
 from dropslot_contracts.events.notifications import NotificationFailed, NotificationSent
 from dropslot_kit.db import Database, UnitOfWork
+from dropslot_kit.waiting import woken
 from prometheus_client import Counter, Histogram
 
 from ..adapters import repository as repo
@@ -74,8 +75,7 @@ class Sender:
                 sent = await self.send_once()
                 if sent >= self.settings.notifications_send_batch:
                     continue  # a backlog: keep going
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.notifications_poll_seconds)
+                await woken(self._wake, self.settings.notifications_poll_seconds)
         finally:
             await self._close_listener()
 

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 from dropslot_kit import context
 from dropslot_kit.db import Database
+from dropslot_kit.waiting import woken
 
 from .. import metrics
 from ..adapters import repository as repo
@@ -98,8 +99,7 @@ class OpsWorker:
         if nxt is not None:
             wait = max(0.0, min(wait, (nxt - _now()).total_seconds()))
         if wait > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+            await woken(self._wake, wait)
 
     async def run_once(self) -> int:
         """Claim due ops and run them: one payment's ops in order, different payments at once."""

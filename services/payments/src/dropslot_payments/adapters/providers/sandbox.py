@@ -33,6 +33,7 @@ from typing import Any
 
 import httpx
 from dropslot_kit.db import Database
+from dropslot_kit.waiting import woken
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -299,8 +300,7 @@ class SandboxProvider:
         wait = cap if nxt is None else max(0.0, min(cap, (nxt - _now()).total_seconds()))
         wake.clear()
         if wait > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), wait)
+            await woken(wake, wait)
 
     async def _deliver(self, callback_id: int, attempts: int, payload: dict[str, Any]) -> None:
         if self._http is None:
