@@ -42,6 +42,7 @@ class Harness:
     def __init__(self, settings, *, rabbit_url: str | None = None):
         self.handler = f"probe_{uuid.uuid4().hex[:8]}"
         self.fail_names: set[str] = set()
+        self.skip_names: set[str] = set()
         s = settings.model_copy(update={"retry_delays_ms": [100, 200]})
         self.producer_settings = s.model_copy(update={"service": "catalog", **({"rabbit_url": rabbit_url} if rabbit_url else {})})
         self.consumer_settings = s.model_copy(update={"service": "audit"})
@@ -49,7 +50,7 @@ class Harness:
         self.consumer_db = Database(self.consumer_settings)
         consumers = EventConsumers("audit")
 
-        @consumers.on("catalog.store.*", name=self.handler)
+        @consumers.on("catalog.store.*", name=self.handler, wants=lambda env: env.data["name"] not in self.skip_names)
         async def record(env: Envelope, uow) -> None:
             if env.data["name"] in self.fail_names:
                 raise RuntimeError("poison")
@@ -171,6 +172,25 @@ async def test_poison_message_is_dead_lettered_after_retries_while_others_flow(h
     assert msg.headers["x-dropslot-attempt"] == 2  # two retries (100 ms, 200 ms), then dead-lettered
     assert "poison" in msg.headers["x-dropslot-error"]
     assert "poison" not in await harness.effects()
+
+
+async def test_events_the_handler_does_not_want_are_acknowledged_without_touching_the_database(
+        harness, test_settings):
+    harness.skip_names.update({"free-1", "free-2"})
+    skipped = await harness.emit("free-1", "free-2")
+    await harness.emit("paid-1")
+    await eventually(lambda: _has(harness, "paid-1"), what="the wanted event")
+    assert set(await harness.effects()) == {"paid-1"}
+    async with harness.consumer_db.engine.connect() as conn:
+        seen = (await conn.execute(text("SELECT event_id FROM inbox WHERE handler = :h AND event_id = ANY(:ids)"),
+                                   {"h": harness.handler, "ids": skipped})).all()
+    assert seen == []  # no inbox row: no transaction was spent on them
+    await harness.consumer.stop()  # settles every acknowledgement
+    conn = await aio_pika.connect(test_settings.rabbit_url)
+    async with conn:
+        queue = await (await conn.channel()).declare_queue(
+            f"{test_settings.broker_namespace}.audit.{harness.handler}", passive=True)
+        assert queue.declaration_result.message_count == 0  # acknowledged, not left behind or requeued
 
 
 async def test_a_burst_is_handled_in_few_transactions_each_event_once(harness):

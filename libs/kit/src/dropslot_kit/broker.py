@@ -44,6 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dropslot.broker")
 
 Handler = Callable[["Envelope", "UnitOfWork"], Awaitable[None]]
+Wants = Callable[["Envelope"], bool]
 ManyHandler = Callable[[list["Envelope"], "UnitOfWork"], Awaitable[None]]
 ATTEMPT_HEADER = "x-dropslot-attempt"
 
@@ -75,6 +76,7 @@ class Consumer:
     fn: Handler | None = None
     prefetch: int | None = None
     many: ManyHandler | None = None  # takes a whole batch at once (e.g. one multi-row INSERT)
+    wants: Wants | None = None  # False: acknowledged unhandled, before any database work
 
 
 @dataclass
@@ -84,11 +86,18 @@ class EventConsumers:
     service: str
     consumers: list[Consumer] = field(default_factory=list)
 
-    def on(self, *patterns: str, name: str | None = None, prefetch: int | None = None) -> Callable[[Handler], Handler]:
-        """A handler called once per event, inside the (batch's) transaction."""
+    def on(self, *patterns: str, name: str | None = None, prefetch: int | None = None,
+           wants: Wants | None = None) -> Callable[[Handler], Handler]:
+        """A handler called once per event, inside the (batch's) transaction.
+
+        `wants(envelope)`, if given, picks the events the handler acts on out of those its
+        patterns bind (when a routing key cannot tell, e.g. free and paid reservations): the
+        others are acknowledged without a transaction or an inbox row. It must be cheap, pure,
+        and answer True for anything it does not recognise, so malformed events still reach the
+        handler and its retries and dead-lettering."""
 
         def register(fn: Handler) -> Handler:
-            self.consumers.append(Consumer(name or fn.__name__, patterns, fn=fn, prefetch=prefetch))
+            self.consumers.append(Consumer(name or fn.__name__, patterns, fn=fn, prefetch=prefetch, wants=wants))
             return fn
 
         return register
@@ -104,6 +113,15 @@ class EventConsumers:
             return fn
 
         return register
+
+
+def _wanted(consumer: Consumer, env: Envelope) -> bool:
+    assert consumer.wants is not None
+    try:
+        return consumer.wants(env)
+    except Exception:  # a bug in the filter: let the handler (and its retries) see the event
+        log.exception("consumer %s: wants() failed on %s; handling it", consumer.name, env.id)
+        return True
 
 
 @dataclass
@@ -406,6 +424,9 @@ class Messaging:
         except ValueError as exc:
             log.error("poison message on %s (not an envelope): %s", qname, exc)
             await self._dead_letter(consumer, qname, raw, headers, f"not an envelope: {exc}")
+            return
+        if consumer.wants is not None and not _wanted(consumer, env):
+            telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc()
             return
         # The relay's publish span (message header) is the nearest parent; the envelope's own
         # trace context (the request that emitted it) is the fallback, e.g. for a hand-made

@@ -18,11 +18,22 @@ BOOKING_EVENTS = (
 )
 
 
+def _may_need_payment(env: Envelope) -> bool:
+    """False only for a reservation event that plainly needs no payment (a free drop's): in a
+    storm on a free drop those are nearly all booking publishes, and payments would otherwise
+    spend a transaction and an inbox row on each just to ignore it. Anything else (including
+    a shape it does not recognise) goes to the handler."""
+    r = env.data.get("reservation")
+    if env.type == "booking.refund.requested" or not isinstance(r, dict):
+        return True
+    return r.get("requires_payment") is not False and r.get("amount_cents") != 0
+
+
 def build_consumers(settings: Settings) -> EventConsumers:
     consumers = EventConsumers("payments")
     consume_memberships(consumers)
 
-    @consumers.on(*BOOKING_EVENTS, name="reservations")
+    @consumers.on(*BOOKING_EVENTS, name="reservations", wants=_may_need_payment)
     async def on_booking(env: Envelope, uow: UnitOfWork) -> None:
         if env.type == "booking.refund.requested":
             await uc.on_refund_requested(uow, env)
