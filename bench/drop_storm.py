@@ -401,7 +401,9 @@ def cpu_seconds(system: Any) -> dict[str, float]:
             continue
         label = SERVERS.get(comm)
         if label:
-            out[label] += (int(fields[11]) + int(fields[12])) / tick
+            # Own time plus that of children already gone (the postmaster's cutime/cstime hold
+            # the backends that ended meanwhile; without them a phase could come out negative).
+            out[label] += sum(int(f) for f in fields[11:15]) / tick
     return out
 
 

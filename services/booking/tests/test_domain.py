@@ -131,6 +131,20 @@ def test_token_verifies_offline_with_the_published_key_only() -> None:
                       options={"verify_exp": False, "verify_nbf": False})["sub"] == offline["sub"]
 
 
+def test_tokens_are_what_pyjwt_would_write_for_the_same_key_and_claims() -> None:
+    import jwt
+
+    key = SigningKey.generate()
+    token = _sign(CheckinTokens(key))
+    claims = jwt.decode(token, key.public, algorithms=["EdDSA"], audience="dropslot-checkin",
+                        options={"verify_exp": False, "verify_nbf": False})
+    header = jwt.get_unverified_header(token)
+    assert jwt.encode(claims, key.private, algorithm="EdDSA", headers={"kid": header["kid"], "typ": "checkin"}) == token
+    loaded = SigningKey.from_pem(key.kid, key.private_pem(), key.public_pem())  # how replicas load it
+    assert _sign(CheckinTokens(loaded)).split(".")[0] == token.split(".")[0]
+    assert CheckinTokens(loaded).verify(token).kid == key.kid
+
+
 def _b64(data: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
 

@@ -9,13 +9,15 @@ slot's current times and answers `not-checkin-window` rather than "invalid token
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import jwt
+import nacl.signing
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -40,6 +42,19 @@ class SigningKey:
     kid: str
     private: Ed25519PrivateKey | None
     public: Ed25519PublicKey
+    # The same private key for libsodium, which signs in ~half the time of OpenSSL via
+    # cryptography here (a token per confirmed reservation, so on the drop's hot path).
+    _sodium: nacl.signing.SigningKey | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.private is not None:
+            raw = self.private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                             serialization.NoEncryption())
+            object.__setattr__(self, "_sodium", nacl.signing.SigningKey(raw))
+
+    def sign(self, message: bytes) -> bytes:
+        assert self._sodium is not None, "a public key cannot sign"
+        return self._sodium.sign(message).signature
 
     @classmethod
     def generate(cls) -> SigningKey:
@@ -75,14 +90,27 @@ class SigningKey:
         return {**data, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}
 
 
+def _b64(data: bytes) -> bytes:
+    return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+
+def _compact(obj: dict[str, Any]) -> bytes:
+    return _b64(json.dumps(obj, separators=(",", ":")).encode())
+
+
 class CheckinTokens:
-    """Signs with the active key; verifies with any known key (old tokens survive a rotation)."""
+    """Signs with the active key; verifies with any known key (old tokens survive a rotation).
+
+    A token is a compact JWS written here (header and claims as compact JSON, base64url without
+    padding, Ed25519 over `header.claims`): byte for byte what PyJWT writes, at half the CPU.
+    Verification stays with PyJWT."""
 
     def __init__(self, active: SigningKey, others: list[SigningKey] | None = None):
         if active.private is None:
             raise ValueError("the active check-in key needs its private half")
         self.active = active
         self.keys = {k.kid: k for k in [*(others or []), active]}
+        self._header = _compact({"alg": ALGORITHM, "kid": active.kid, "typ": "checkin"})
 
     def sign(
         self,
@@ -99,9 +127,8 @@ class CheckinTokens:
             "nbf": int(window[0].timestamp()),
             "exp": int(window[1].timestamp()),
         }
-        assert self.active.private is not None  # checked in __init__
-        return jwt.encode(claims, self.active.private, algorithm=ALGORITHM,
-                          headers={"kid": self.active.kid, "typ": "checkin"})
+        signing_input = self._header + b"." + _compact(claims)
+        return (signing_input + b"." + _b64(self.active.sign(signing_input))).decode()
 
     def verify(self, token: str) -> CheckinClaims:
         """The claims of a token booking signed; InvalidCheckinToken for anything else."""
