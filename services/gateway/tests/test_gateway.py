@@ -256,6 +256,10 @@ async def test_limits_are_shared_between_replicas_through_redis(infra):
         wait = b.hit([("user:u", 5)])
         assert wait is not None and 1 <= wait <= 60
         assert b.hit([("user:other", 5)]) is None  # per key
+        keys = await a.redis.keys(f"{prefix}:*")
+        assert [k.decode().rsplit(":", 1)[0] for k in keys] == [f"{prefix}:user:u"]
+        assert int(await a.redis.get(keys[0])) == 6
+        assert 0 < await a.redis.ttl(keys[0]) <= 61  # a counter lives one window (and a second)
     finally:
         await a.close()
         await b.close()
