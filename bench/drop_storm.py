@@ -439,9 +439,59 @@ def stop_process(system: Any, name: str) -> None:
         proc.popen.wait(15)
 
 
+def queued_messages(namespace: str, services: set[str]) -> int | None:
+    """Messages waiting or unacknowledged in the queues of these services (`<ns>.<service>.<handler>`)
+    of this system (None: cannot tell)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["rabbitmqctl", "list_queues", "-q", "--no-table-headers", "name", "messages"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    total = 0
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit() or ".retry." in parts[0] or parts[0].endswith(".dlq"):
+            continue
+        ns, _, rest = parts[0].partition(".")
+        if ns == namespace and rest.partition(".")[0] in services:
+            total += int(parts[1])
+    return total
+
+
+async def settle(running: Any, settings: Any, limit: float = 300.0) -> None:
+    """Wait until the consumers have caught up with everything before (sign-ups, the previous
+    phase), so each storm starts on a quiet system, as a drop does: people sign up days before.
+    Services stopped for a diagnostic phase are left out (their queues only grow)."""
+    services = {p.service for p in running.system.procs if p.popen is not None and p.popen.poll() is None}
+    started = time.perf_counter()
+    last_said = 0.0
+    quiet = 0  # consecutive empty readings: one may fall between an outbox relay's batches
+    while True:
+        waiting = await asyncio.to_thread(queued_messages, settings.broker_namespace, services)
+        if waiting is None:
+            say("  (rabbitmqctl unavailable: cannot wait for the consumers to catch up; waiting 2 s)")
+            await asyncio.sleep(2)
+            return
+        spent = time.perf_counter() - started
+        quiet = quiet + 1 if waiting == 0 else 0
+        if quiet == 2:
+            say(f"  consumers caught up ({spent:.1f} s)")
+            return
+        if spent > limit:
+            say(f"  {waiting} events still queued after {limit:.0f} s; storming anyway")
+            return
+        if spent - last_said >= 5:
+            say(f"  waiting for the consumers: {waiting} events queued")
+            last_said = spent
+        await asyncio.sleep(1.0)
+
+
 async def run_phase(running: Any, settings: Any, apis: list[str], users: list[dict[str, Any]], name: str,
                     slot_ids: list[str], seats: int, args: argparse.Namespace) -> dict[str, Any]:
     phase = Phase(name, seats)
+    await settle(running, settings)
     say(f"storm '{name}': {len(users)} users at {args.concurrency} connections for {seats} seats")
     m0 = await booking_counters(running.system)
     cpu0, t0 = cpu_seconds(running.system), time.perf_counter()
@@ -466,7 +516,6 @@ async def run_phase(running: Any, settings: Any, apis: list[str], users: list[di
     say(f"  done: {summary['accepted']} accepted at {summary['accepted_per_s']}/s, "
         f"{summary['refused_per_s_after_sell_out']}/s refused after sell-out, oversold {checks['oversold']}, "
         f"missing {checks['missing']}")
-    await asyncio.sleep(2)  # let the outbox relay drain before the next phase
     return summary
 
 

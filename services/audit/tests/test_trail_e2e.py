@@ -46,7 +46,10 @@ async def test_a_whole_flow_leaves_a_complete_ordered_trail_with_actor_ip_and_us
     tag = uuid.uuid4().hex[:8]
     owner_ua, customer_ua = f"AuditE2E-Owner/1.0 ({tag})", f"AuditE2E-Customer/2.0 ({tag})"
     as_owner = httpx.AsyncClient(base_url=system.api, timeout=30, headers={"User-Agent": owner_ua})
-    as_customer = httpx.AsyncClient(base_url=system.api, timeout=30, headers={"User-Agent": customer_ua})
+    # The customer also claims another address: the gateway trusts no proxy here, so the address
+    # it saw stays (uvicorn's own proxy-header handling, which believes 127.0.0.1, is off there).
+    as_customer = httpx.AsyncClient(base_url=system.api, timeout=30,
+                                    headers={"User-Agent": customer_ua, "X-Forwarded-For": "203.0.113.66"})
     async with as_owner, as_customer:
         # --- the flow, as its people do it -------------------------------------------------------
         owner = await sign_up(as_owner)

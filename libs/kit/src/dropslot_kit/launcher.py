@@ -196,6 +196,10 @@ class System:
                 "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
                 "--timeout-graceful-shutdown", "5", "--timeout-keep-alive", "75",
             ]
+            if proc.service == "gateway":
+                # The gateway judges X-Forwarded-For itself (trusted_proxies); uvicorn's own
+                # handling trusts 127.0.0.1 and would rewrite the peer before the gateway sees it.
+                cmd.append("--no-proxy-headers")
             if self.log_dir is not None:
                 proc.log_path = self.log_dir / f"{proc.name}.log"
                 out = open(proc.log_path, "ab")  # noqa: SIM115  (closed with the process)
