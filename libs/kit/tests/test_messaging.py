@@ -15,9 +15,10 @@ import aio_pika
 import pytest
 from dropslot_contracts import Envelope
 from dropslot_contracts.events.catalog import StoreUpdated
-from dropslot_kit.broker import EventConsumers, Messaging
+from dropslot_kit.broker import EventConsumers, Messaging, json_events_in
 from dropslot_kit.db import Database
 from dropslot_kit.outbox import OutboxRelay
+from dropslot_kit.settings import KitSettings
 from dropslot_kit.testing import drop_test_resources, eventually, fresh_settings
 from dropslot_kit.testproxy import TcpProxy
 from sqlalchemy import text
@@ -217,6 +218,8 @@ async def test_deliveries_are_acknowledged_in_bulk_and_none_is_left_out(harness,
 
     monkeypatch.setattr(aiormq.Channel, "basic_ack", spy)
     await harness.stop_relay()
+    # One message per event, as when events do not neighbour one another.
+    harness.relay.settings = harness.relay.settings.model_copy(update={"outbox_message_events": 1})
     names = [f"ack-{i}" for i in range(200)]
     await harness.emit(*names)
     harness.start_relay()
@@ -267,8 +270,45 @@ async def test_a_failing_event_in_a_batch_fails_alone(harness, test_settings):
 
     dead = await eventually(lambda: peek(test_settings, qname), timeout=20, what="the bad event in the DLQ")
     assert len(dead) == 1 and "poison" in dead[0]["error"]
+    assert dead[0]["type"] == "catalog.store.updated" and dead[0]["event_id"]  # that one event, alone
     effects = await harness.effects()
     assert "bad" not in effects and all(effects[n] == 1 for n in names)
+
+
+async def test_neighbouring_events_of_one_kind_travel_in_one_message_in_order(harness, test_settings):
+    conn = await aio_pika.connect(test_settings.rabbit_url)
+    async with conn:
+        channel = await conn.channel()
+        exchange = await channel.get_exchange(f"{test_settings.broker_namespace}.events")
+        tap = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await tap.bind(exchange, routing_key="catalog.store.*")
+        messages: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def keep(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            messages.append(message)
+
+        await tap.consume(keep, no_ack=True)
+        await harness.stop_relay()
+        names = [f"kind-{i}" for i in range(150)]
+        await harness.emit(*names)  # one transaction: 150 neighbours with one routing key
+        harness.start_relay()
+        await eventually(lambda: _has(harness, *names), timeout=30, what="every event handled")
+
+        async def tapped() -> bool:
+            return sum(len(json_events_in(m.body)) for m in messages) == 150
+
+        await eventually(tapped, what="the tap")
+    carried = [json_events_in(m.body) for m in messages]
+    assert [len(c) for c in carried] == [100, 50]  # outbox_message_events per message
+    assert [m.headers.get("x-dropslot-events") for m in messages] == [100, 50]
+    assert [e["data"]["name"] for c in carried for e in c] == names  # in outbox order
+    assert (await harness.effects()) == dict.fromkeys(names, 1)
+
+
+def test_the_relay_groups_only_neighbours_of_one_routing_key():
+    relay = OutboxRelay(KitSettings(service="catalog", outbox_message_events=3), lambda *a: None)
+    rows = [{"id": i, "routing_key": rk} for i, rk in enumerate("aaaabab")]
+    assert [[r["id"] for r in g] for g in relay._messages(rows)] == [[0, 1, 2], [3], [4], [5], [6]]
 
 
 async def test_duplicates_inside_one_batch_take_effect_once(harness):

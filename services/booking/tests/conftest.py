@@ -21,7 +21,7 @@ from dropslot_booking.main import create_app
 from dropslot_booking.service.runtime import Booking
 from dropslot_contracts import Envelope
 from dropslot_contracts.events.catalog import DropLive, DropPublished, DropSnapshot, StoreCreated
-from dropslot_kit.broker import Messaging
+from dropslot_kit.broker import Messaging, envelopes_in
 from dropslot_kit.settings import KitSettings
 from dropslot_kit.testing import Infra, drop_test_resources, eventually, fresh_settings
 from dropslot_kit.testkeys import JwksServer, TestSigner
@@ -198,7 +198,7 @@ class EventTap:
 
         async def on_message(message: Any) -> None:
             async with message.process():
-                self.seen.append(Envelope.model_validate_json(message.body))
+                self.seen.extend(envelopes_in(message.body))
 
         await queue.consume(on_message)
 

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from dropslot_catalog.config import Settings
 from dropslot_catalog.main import create_app
 from dropslot_contracts import Envelope
+from dropslot_kit.broker import envelopes_in
 from dropslot_kit.testing import sign_up
 
 
@@ -222,7 +223,7 @@ async def events(test_settings: Any) -> AsyncIterator[EventTap]:
 
     async def on_message(msg: aio_pika.abc.AbstractIncomingMessage) -> None:
         async with msg.process():
-            tap.envelopes.append(Envelope.model_validate_json(msg.body))
+            tap.envelopes.extend(envelopes_in(msg.body))
 
     tag = await queue.consume(on_message)
     yield tap

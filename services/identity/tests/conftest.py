@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -25,6 +24,7 @@ import asyncpg
 import httpx
 import pytest
 from dropslot_identity.config import Settings
+from dropslot_kit.broker import json_events_in
 from dropslot_kit.testing import env_for, eventually, unique_email
 
 ADMIN_PASSWORD = "admin horse battery staple 7"
@@ -57,7 +57,7 @@ class EventTap:
 
     async def _on_message(self, message: Any) -> None:
         async with message.process():
-            self.events.append(json.loads(message.body))
+            self.events.extend(json_events_in(message.body))
 
     def find(self, type_: str, **data: Any) -> list[dict[str, Any]]:
         return [e for e in self.events if e["type"] == type_

@@ -40,6 +40,7 @@ from dropslot_contracts.events.booking import (
 )
 from dropslot_contracts.events.catalog import StoreCreated
 from dropslot_kit.bootstrap import bootstrap
+from dropslot_kit.broker import envelopes_in
 from dropslot_kit.launcher import free_port
 from dropslot_kit.migrate import upgrade
 from dropslot_kit.testing import Infra, drop_test_resources, eventually, settings_for
@@ -273,7 +274,7 @@ async def running_payments(infra: Infra, port: int | None = None, **overrides: A
 
     async def collect(message: aio_pika.abc.AbstractIncomingMessage) -> None:
         async with message.process():
-            harness.events.append(Envelope.model_validate_json(message.body))
+            harness.events.extend(envelopes_in(message.body))
 
     await probe.consume(collect)
 

@@ -18,6 +18,7 @@ import pytest
 from dropslot_contracts import Envelope
 from dropslot_kit.auth import Principal
 from dropslot_kit.bootstrap import bootstrap, drop_database
+from dropslot_kit.broker import json_events_in
 from dropslot_kit.db import Database
 from dropslot_kit.migrate import upgrade
 from dropslot_kit.testing import Infra, settings_for
@@ -141,10 +142,9 @@ class Bus:
         return self
 
     async def _on_message(self, message: Any) -> None:
-        import json
 
         async with message.process():
-            self.tapped.append(json.loads(message.body))
+            self.tapped.extend(json_events_in(message.body))
 
     async def publish(self, *envs: Envelope) -> None:
         import aio_pika

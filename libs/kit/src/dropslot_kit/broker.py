@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -33,9 +34,11 @@ from dropslot_contracts import Envelope
 from faststream.rabbit import ExchangeType, RabbitBroker, RabbitExchange, RabbitQueue
 from faststream.rabbit.schemas import QueueType
 from opentelemetry.trace import SpanKind, StatusCode
+from pydantic import TypeAdapter
 
 from . import context, inbox, telemetry
 from .context import CallContext
+from .outbox import EVENTS_HEADER
 from .settings import KitSettings
 
 if TYPE_CHECKING:
@@ -113,6 +116,26 @@ class EventConsumers:
             return fn
 
         return register
+
+
+_ENVELOPES = TypeAdapter(list[Envelope])
+
+
+def envelopes_in(body: bytes) -> list[Envelope]:
+    """The events a message carries: one envelope, or a JSON array of envelopes (the outbox
+    relay sends neighbouring events of one routing key together). ValueError if neither."""
+    if body.lstrip()[:1] == b"[":
+        envs = _ENVELOPES.validate_json(body)
+        if not envs:
+            raise ValueError("an empty list of events")
+        return envs
+    return [Envelope.model_validate_json(body)]
+
+
+def json_events_in(body: bytes) -> list[dict[str, Any]]:
+    """`envelopes_in` as plain JSON objects (for taps and tools that do not validate)."""
+    data = json.loads(body)
+    return data if isinstance(data, list) else [data]
 
 
 def _wanted(consumer: Consumer, env: Envelope) -> bool:
@@ -420,11 +443,25 @@ class Messaging:
         raw: bytes = message.body
         headers: dict[str, Any] = dict(message.headers or {})
         try:
-            env = Envelope.model_validate_json(raw)
+            envs = envelopes_in(raw)
         except ValueError as exc:
             log.error("poison message on %s (not an envelope): %s", qname, exc)
             await self._dead_letter(consumer, qname, raw, headers, f"not an envelope: {exc}")
             return
+        if len(envs) == 1 and raw.lstrip()[:1] != b"[":
+            await self._handle_one(consumer, qname, envs[0], headers, raw)
+            return
+        # Several events in one message (the outbox relay's): each is handled, and retried or
+        # dead-lettered, on its own; together they still share the consumer's transactions.
+        headers.pop(EVENTS_HEADER, None)
+        results = await asyncio.gather(*(self._handle_one(consumer, qname, env, headers, None) for env in envs),
+                                       return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result  # not even the retry queue took one: the whole message goes back
+
+    async def _handle_one(self, consumer: Consumer, qname: str, env: Envelope, headers: dict[str, Any],
+                          raw: bytes | None) -> None:
         if consumer.wants is not None and not _wanted(consumer, env):
             telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc()
             return
@@ -443,7 +480,8 @@ class Messaging:
             telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "ok").inc()
         except Exception as exc:  # the handler failed: retry later, or dead-letter
             telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "error").inc()
-            await self._retry_or_dead_letter(consumer, qname, raw, headers, exc, str(env.id))
+            body = raw if raw is not None else env.model_dump_json().encode()  # alone from here on
+            await self._retry_or_dead_letter(consumer, qname, body, headers, exc, str(env.id))
 
     def _batcher(self, consumer: Consumer) -> _Batcher:
         batcher = self._batchers.get(consumer.name)

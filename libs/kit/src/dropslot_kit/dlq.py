@@ -43,8 +43,10 @@ async def peek(settings: KitSettings, queue: str, limit: int = 20) -> list[dict[
             held.append(msg)
             try:
                 env = json.loads(msg.body)
+                if isinstance(env, list):  # several events that could not be read as envelopes
+                    env = env[0] if env and isinstance(env[0], dict) else {}
                 etype, eid = env.get("type"), env.get("id")
-            except ValueError:
+            except (ValueError, AttributeError):
                 etype, eid = None, None
             out.append({"message_id": msg.message_id, "type": etype, "event_id": eid,
                         "error": (msg.headers or {}).get("x-dropslot-error")})

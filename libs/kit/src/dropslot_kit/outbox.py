@@ -7,6 +7,16 @@ a drop at ~1,300 events/s here) and each publish is bounded by a timeout, becaus
 publish can hang while the broker connection is down. Published rows are deleted in
 the same transaction that claimed them; a crash before that commit republishes, which
 the consumers' inbox makes harmless.
+
+Consecutive events with the same routing key (in outbox order) travel as one message whose
+body is a JSON array of their envelopes (header `x-dropslot-events`), up to
+`outbox_message_events`. In a drop storm the broker and every consumer otherwise pay their
+per-message cost (frames, properties, a task, a quorum-queue write, an ack) for each of
+thousands of small events: measured here ~0.3-0.5 ms of consumer CPU and ~0.7 ms of RabbitMQ
+per event, more than booking spends on the reservation. The kit's consumers handle each event
+of such a message on its own (inbox, retries and dead-lettering per event). Order is kept:
+only neighbours are grouped, and groups are published in outbox order. While tracing is on,
+every event still travels alone, with its own publish span.
 """
 
 from __future__ import annotations
@@ -27,6 +37,11 @@ from .waiting import woken
 log = logging.getLogger("dropslot.outbox")
 
 Publish = Callable[[str, bytes, str, dict[str, Any]], Awaitable[None]]
+EVENTS_HEADER = "x-dropslot-events"  # a message carrying this many envelopes as a JSON array
+
+
+def _body(row: asyncpg.Record) -> bytes:
+    return row["envelope"].encode() if isinstance(row["envelope"], str) else bytes(row["envelope"])
 
 
 class OutboxRelay:
@@ -91,10 +106,12 @@ class OutboxRelay:
             )
             if not rows:
                 return 0
-            results = await asyncio.gather(*(self._publish_row(r) for r in rows), return_exceptions=True)
-            done = [r["id"] for r, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
-            failed = [(r["id"], repr(res)[:500]) for r, res in zip(rows, results, strict=True)
-                      if isinstance(res, BaseException)]
+            groups = self._messages(rows)
+            results = await asyncio.gather(*(self._publish_group(g) for g in groups), return_exceptions=True)
+            done = [r["id"] for g, res in zip(groups, results, strict=True) if not isinstance(res, BaseException)
+                    for r in g]
+            failed = [(r["id"], repr(res)[:500]) for g, res in zip(groups, results, strict=True)
+                      if isinstance(res, BaseException) for r in g]
             if done:
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1::uuid[])", done)
                 telemetry.MESSAGES_PUBLISHED.labels(self.settings.service).inc(len(done))
@@ -107,11 +124,31 @@ class OutboxRelay:
                 return -1
             return len(done)
 
+    def _messages(self, rows: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
+        """Rows in outbox order, cut into runs of one routing key (one message each)."""
+        most = 1 if telemetry.tracing_enabled() else max(1, self.settings.outbox_message_events)
+        groups: list[list[asyncpg.Record]] = []
+        for row in rows:
+            last = groups[-1] if groups else None
+            if last is not None and len(last) < most and last[0]["routing_key"] == row["routing_key"]:
+                last.append(row)
+            else:
+                groups.append([row])
+        return groups
+
+    async def _publish_group(self, rows: list[asyncpg.Record]) -> None:
+        if len(rows) == 1:
+            await self._publish_row(rows[0])
+            return
+        body = b"[" + b",".join(_body(r) for r in rows) + b"]"
+        async with asyncio.timeout(self.settings.publish_timeout_seconds):
+            await self.publish(rows[0]["routing_key"], body, str(rows[0]["id"]), {EVENTS_HEADER: len(rows)})
+
     async def _publish_row(self, row: asyncpg.Record) -> None:
         headers: dict[str, Any] = {}
         if row["traceparent"]:
             headers["traceparent"] = row["traceparent"]
-        body = row["envelope"].encode() if isinstance(row["envelope"], str) else bytes(row["envelope"])
+        body = _body(row)
         # The relay runs later, in another task: continue the trace stored in the row, so the
         # time an event waited in the outbox shows in the trace, and hand the consumer this
         # publish span as its parent (message header `traceparent`).

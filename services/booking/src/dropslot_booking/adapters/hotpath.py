@@ -84,13 +84,18 @@ def reserve_args(slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat]) -> li
     ob_rks: list[str] = []
     ob_envs: list[str] = []
     ob_tps: list[str | None] = []
-    for i, seat in enumerate(seats, start=1):
-        for ob in seat.outbox:
-            ob_owner.append(i)
-            ob_ids.append(ob.id)
-            ob_rks.append(ob.routing_key)
-            ob_envs.append(ob.envelope)
-            ob_tps.append(ob.traceparent)
+    # Every seat's first event (created), then every seat's second (confirmed): the outbox
+    # relay sends neighbouring events of one routing key as one message, so a batch of
+    # reservations becomes two messages, not two per reservation. Each reservation's own
+    # events keep their order.
+    order = sorted((k, i) for i, seat in enumerate(seats, start=1) for k in range(len(seat.outbox)))
+    for k, i in order:
+        ob = seats[i - 1].outbox[k]
+        ob_owner.append(i)
+        ob_ids.append(ob.id)
+        ob_rks.append(ob.routing_key)
+        ob_envs.append(ob.envelope)
+        ob_tps.append(ob.traceparent)
     return [
         slot_id, now,
         [s.id for s in seats], [s.user_id for s in seats], [s.key for s in seats],
