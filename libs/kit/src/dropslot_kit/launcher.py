@@ -37,12 +37,13 @@ DEFAULT_PORTS = {
 
 
 # On one shared host the request path (gateway, identity, catalog, booking, payments) comes first:
-# the services that mostly consume events run at a lower CPU priority and catch up once a burst
-# is over (they are never starved: nice 10 still gets ~10 % of a core against a busy nice-0
-# process). Measured in a drop storm on 2 cores: without this, notifications, webhooks and audit
-# took half the CPU while seats were being sold (bench/README.md). Across machines (compose, k8s)
-# the same is said with CPU requests.
-BACKGROUND_NICE = {"notifications": 10, "webhooks": 10, "audit": 10}
+# the services that mostly consume events run at the lowest CPU priority and catch up once a
+# burst is over (nice 19 still gets its share of whatever the request path leaves idle, which in
+# a drop is plenty between bursts). Measured in a drop storm on 2 cores (bench/README.md): at
+# nice 10 they still took a quarter of the machine while seats were being sold and the hot slot
+# sold 387 seats/s; at nice 19, 682/s, against 711/s with them stopped. Across machines
+# (compose, k8s) the same is said with CPU requests.
+BACKGROUND_NICE = {"notifications": 19, "webhooks": 19, "audit": 19}
 
 
 class InfraUnavailable(RuntimeError):
