@@ -170,3 +170,24 @@ def test_tokens_of_a_previous_key_still_verify_after_rotation() -> None:
     token = _sign(CheckinTokens(old))
     rotated = CheckinTokens(SigningKey.generate(), [old])
     assert rotated.verify(token).kid == old.kid
+
+
+# --- the reserve batch's outbox rows ---------------------------------------------------------------
+def test_a_reserve_batch_writes_every_created_event_then_every_confirmed_one() -> None:
+    """The relay sends neighbouring events of one routing key as one message: a batch of N free
+    reservations should be two runs (created, confirmed), each reservation's own order kept."""
+    from dropslot_booking.adapters.hotpath import Outbox, Seat, reserve_args
+
+    def seat() -> Seat:
+        sid = uuid.uuid4()
+        return Seat(id=sid, user_id=uuid.uuid4(), key=None, fingerprint="f", response="{}", state="CONFIRMED",
+                    expires_at=None, confirmed_at=NOW, note=None, token=None, qr_code_url=None, amount_cents=0,
+                    currency="EUR", requires_payment=False,
+                    outbox=[Outbox(uuid.uuid4(), rk, "{}", None)
+                            for rk in ("booking.reservation.created", "booking.reservation.confirmed")])
+
+    seats = [seat() for _ in range(3)]
+    owners, ids, rks = reserve_args(uuid.uuid4(), NOW, seats)[-5:-2]
+    assert rks == ["booking.reservation.created"] * 3 + ["booking.reservation.confirmed"] * 3
+    assert owners == [1, 2, 3, 1, 2, 3]
+    assert ids == [s.outbox[0].id for s in seats] + [s.outbox[1].id for s in seats]
