@@ -448,7 +448,7 @@ class Messaging:
             log.error("poison message on %s (not an envelope): %s", qname, exc)
             await self._dead_letter(consumer, qname, raw, headers, f"not an envelope: {exc}")
             return
-        if len(envs) == 1 and raw.lstrip()[:1] != b"[":
+        if len(envs) == 1:  # its body, array or not, is what a retry sends on
             await self._handle_one(consumer, qname, envs[0], headers, raw)
             return
         # Several events in one message (the outbox relay's): each is handled, and retried or
