@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 from dropslot_gateway.upstream import ConnectFailed, UpstreamBroken, UpstreamPool
+from dropslot_kit import heap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -389,6 +390,13 @@ def cpu_seconds(system: Any) -> dict[str, float]:
             continue
     me = os.times()
     out["(load generator)"] = me.user + me.system
+    # The whole machine (/proc/stat: every core, in % of one core): busy, idle and stolen by
+    # the hypervisor, to tell a saturated machine from a noisy neighbour.
+    with contextlib.suppress(OSError, ValueError):
+        cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        out["[machine busy]"] = (sum(cpu[:3]) + sum(cpu[5:7])) / tick  # user nice system irq softirq
+        out["[machine idle]"] = (cpu[3] + cpu[4]) / tick  # idle iowait
+        out["[machine steal]"] = (cpu[7] if len(cpu) > 7 else 0) / tick
     # The shared servers, every process of them (other databases' backends included).
     for label in SERVERS.values():
         out[label] = 0.0
@@ -492,6 +500,7 @@ async def run_phase(running: Any, settings: Any, apis: list[str], users: list[di
                     slot_ids: list[str], seats: int, args: argparse.Namespace) -> dict[str, Any]:
     phase = Phase(name, seats)
     await settle(running, settings)
+    heap.settle()  # the load generator too: users and tokens stay, a full collection mid-storm would stall it
     say(f"storm '{name}': {len(users)} users at {args.concurrency} connections for {seats} seats")
     m0 = await booking_counters(running.system)
     cpu0, t0 = cpu_seconds(running.system), time.perf_counter()

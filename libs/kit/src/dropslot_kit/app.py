@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from . import context, telemetry
+from . import context, heap, telemetry
 from .auth import JWKSVerifier
 from .broker import EventConsumers, Messaging
 from .context import CallContext
@@ -145,6 +145,7 @@ def create_service_app(
             rt.tasks.append(asyncio.create_task(supervise("outbox-metrics", lambda: _backlog_loop(relay))))
         for name, loop in background:
             rt.tasks.append(asyncio.create_task(supervise(name, lambda loop=loop: loop(rt))))  # type: ignore[misc]
+        heap.settle()
         log.info("%s started", settings.service)
         try:
             yield
@@ -160,6 +161,7 @@ def create_service_app(
                 await relay.close()
             if db is not None:
                 await db.dispose()
+            heap.release()
 
     app = FastAPI(title=title, lifespan=lifespan, docs_url="/docs", openapi_url="/openapi.json")
     app.state.rt = rt

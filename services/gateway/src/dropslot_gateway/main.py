@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 import aiohttp
-from dropslot_kit import telemetry
+from dropslot_kit import heap, telemetry
 from dropslot_kit.auth import PROOF_HEADER, JWKSVerifier
 from dropslot_kit.errors import InvalidToken, Problem, RateLimited, problem_body
 from opentelemetry.trace import SpanKind, StatusCode
@@ -107,6 +107,7 @@ class Gateway:
                 sync_interval=self.settings.rate_limit_sync_seconds,
             )
             self.limiter.start()
+        heap.settle()
 
     async def shutdown(self) -> None:
         if self.session is not None:
@@ -115,6 +116,7 @@ class Gateway:
             self.pool.close()
         if self.limiter is not None:
             await self.limiter.close()
+        heap.release()
 
     # --- ASGI ------------------------------------------------------------------------------------
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
