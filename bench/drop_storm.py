@@ -43,6 +43,7 @@ from dropslot_gateway.upstream import ConnectFailed, UpstreamBroken, UpstreamPoo
 from dropslot_kit import heap
 
 ROOT = Path(__file__).resolve().parents[1]
+STORM_TIMEOUT_SECONDS = 600
 
 
 def say(msg: str) -> None:
@@ -185,11 +186,17 @@ async def storm(
 ) -> None:
     order = list(users)
     random.shuffle(order)
-    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    for u in order:
-        queue.put_nowait(u)
-    total = len(order)
     bodies = {sid: json.dumps({"slot_id": sid}).encode() for sid in slot_ids}
+    # Every request is built before the storm (headers, a fresh Idempotency-Key, the body): the
+    # load generator shares the two cores with the system it measures, so it does no more
+    # during the storm than send, wait and record.
+    queue: asyncio.Queue[tuple[list[tuple[bytes, bytes]], bytes]] = asyncio.Queue()
+    for u in order:
+        slot = slot_ids[0] if len(slot_ids) == 1 else random.choice(slot_ids)
+        headers = [(k.lower().encode(), v.encode()) for k, v in u["headers"].items()]
+        headers += [(b"content-type", b"application/json"), (b"idempotency-key", uuid.uuid4().hex.encode())]
+        queue.put_nowait((headers, bodies[slot]))
+    total = len(order)
     # The gateway's own keep-alive client (dropslot_gateway.upstream): the load generator shares
     # the two cores with the system it measures, and aiohttp's client cost ~3x its CPU per request.
     pool = UpstreamPool(limit=concurrency, connect_timeout=10)
@@ -209,17 +216,13 @@ async def storm(
             target = f"{path}/reservations"
             while True:
                 try:
-                    u = queue.get_nowait()
+                    headers, body = queue.get_nowait()
                 except asyncio.QueueEmpty:
                     return
-                slot = slot_ids[0] if len(slot_ids) == 1 else random.choice(slot_ids)
-                headers = [(k.lower().encode(), v.encode()) for k, v in u["headers"].items()]
-                headers += [(b"content-type", b"application/json"), (b"idempotency-key", uuid.uuid4().hex.encode())]
                 t = time.perf_counter()
                 try:
-                    async with asyncio.timeout(60):
-                        status, _, data = await pool.request(base, "POST", target, headers, bodies[slot])
-                except (ConnectFailed, UpstreamBroken, TimeoutError) as exc:
+                    status, _, data = await pool.request(base, "POST", target, headers, body)
+                except (ConnectFailed, UpstreamBroken) as exc:
                     phase.results.append(Result(t, time.perf_counter(), 0, type(exc).__name__))
                     continue
                 end = time.perf_counter()
@@ -240,9 +243,14 @@ async def storm(
 
         ticker = asyncio.create_task(progress())
         phase.t0 = time.perf_counter()
-        await asyncio.gather(*(worker(base, path) for base, path in targets))
+        # One deadline for the whole storm (a timer per request would cost the load generator
+        # more than the request's own work): a system that hangs fails the phase.
+        try:
+            async with asyncio.timeout(STORM_TIMEOUT_SECONDS):
+                await asyncio.gather(*(worker(base, path) for base, path in targets))
+        finally:
+            ticker.cancel()
         phase.t1 = time.perf_counter()
-        ticker.cancel()
     finally:
         pool.close()
 
@@ -468,6 +476,16 @@ def queued_messages(namespace: str, services: set[str]) -> int | None:
     return total
 
 
+async def pending_mail(settings: Any) -> int:
+    """Mails notifications still has to send now (its sender's queue, not RabbitMQ's)."""
+    conn = await asyncpg.connect(settings.model_copy(update={"service": "notifications"}).plain_service_dsn())
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM notifications.notifications"
+                                       " WHERE status = 'PENDING' AND next_attempt_at <= now()"))
+    finally:
+        await conn.close()
+
+
 async def settle(running: Any, settings: Any, limit: float = 300.0) -> None:
     """Wait until the consumers have caught up with everything before (sign-ups, the previous
     phase), so each storm starts on a quiet system, as a drop does: people sign up days before.
@@ -482,6 +500,9 @@ async def settle(running: Any, settings: Any, limit: float = 300.0) -> None:
             say("  (rabbitmqctl unavailable: cannot wait for the consumers to catch up; waiting 2 s)")
             await asyncio.sleep(2)
             return
+        if "notifications" in services:
+            # Its own work queue too: the sign-ups' verification mails (days before a real drop).
+            waiting += await pending_mail(settings)
         spent = time.perf_counter() - started
         quiet = quiet + 1 if waiting == 0 else 0
         if quiet == 2:
@@ -491,7 +512,7 @@ async def settle(running: Any, settings: Any, limit: float = 300.0) -> None:
             say(f"  {waiting} events still queued after {limit:.0f} s; storming anyway")
             return
         if spent - last_said >= 5:
-            say(f"  waiting for the consumers: {waiting} events queued")
+            say(f"  waiting for the consumers: {waiting} events queued or mails to send")
             last_said = spent
         await asyncio.sleep(1.0)
 
