@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dropslot_booking.adapters.hotpath import Outbox, Seat
 from dropslot_booking.adapters.sql import all_rows, one
+from dropslot_booking.service.metrics import RESERVE_TXN
 
 from .conftest import Cluster
 
@@ -121,3 +122,56 @@ async def test_single_transaction_path_keeps_every_guarantee(cluster: Cluster) -
     finally:
         for r, batcher in zip(cluster.replicas, saved, strict=True):
             r.app.state.rt.extras["booking"] = dataclasses.replace(r.booking, batcher=batcher)
+
+
+async def test_several_slots_share_one_transaction_and_each_keeps_its_capacity(cluster: Cluster) -> None:
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store, rule={"max_per_user": 1})
+    slots = [uuid.UUID((await cluster.slot(store, drop, capacity=3, start_in=timedelta(hours=1 + i)))["id"])
+             for i in range(3)]
+    greedy = uuid.uuid4()
+    groups = [(slots[0], [seat(greedy)] + [seat() for _ in range(4)]),
+              (slots[1], [seat(greedy)] + [seat() for _ in range(4)]),  # one seat per person per drop
+              (slots[2], [seat() for _ in range(5)])]
+    outcomes = await cluster.booking.hot.reserve_groups(datetime.now(UTC), groups)
+    # Slots go in id order: greedy gets a seat in whichever comes first, is at the limit in the other.
+    assert sorted(outcomes[:2]) == [["limit", "ok", "ok", "ok", "sold_out"], ["ok", "ok", "ok", "sold_out", "sold_out"]]
+    assert outcomes[2] == ["ok"] * 3 + ["sold_out"] * 2
+    assert await cluster.invariants() == []
+
+
+async def test_the_batcher_takes_many_slots_at_once_and_sells_each_exactly(cluster: Cluster) -> None:
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store)
+    slots = [uuid.UUID((await cluster.slot(store, drop, capacity=5, start_in=timedelta(hours=1 + i)))["id"])
+             for i in range(4)]
+    batcher = cluster.booking.batcher
+    assert batcher is not None
+    def transactions() -> float:
+        return sum(s.value for m in RESERVE_TXN.collect() for s in m.samples if s.name.endswith("_count"))
+
+    before = transactions()
+    requests = [(slots[i % 4], seat()) for i in range(40)]
+    outcomes = await asyncio.gather(*(batcher.submit(sid, s) for sid, s in requests))
+    for sid in slots:
+        got = [o for (s, _), o in zip(requests, outcomes, strict=True) if s == sid]
+        assert got.count("ok") == 5 and got.count("sold_out") == 5
+    # All 40 were queued before the first transaction started: one transaction for the 4 slots
+    # (a slot at a time, it would be 4).
+    assert transactions() - before == 1
+    assert await cluster.invariants() == []
+
+
+async def test_a_failing_slot_in_a_shared_transaction_fails_alone(cluster: Cluster) -> None:
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store)
+    good = uuid.UUID((await cluster.slot(store, drop, capacity=5))["id"])
+    bad = uuid.UUID((await cluster.slot(store, drop, capacity=5, start_in=timedelta(hours=2)))["id"])
+    broken = dataclasses.replace(seat(), state="NOT-A-STATE")  # the reservations table refuses it
+    batcher = cluster.booking.batcher
+    assert batcher is not None
+    results = await asyncio.gather(batcher.submit(good, seat()), batcher.submit(bad, broken),
+                                   return_exceptions=True)
+    assert results[0] == "ok"
+    assert isinstance(results[1], Exception)
+    assert await cluster.invariants() == []

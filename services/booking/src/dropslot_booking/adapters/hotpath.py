@@ -107,8 +107,12 @@ def reserve_args(slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat]) -> li
     ]
 
 
-async def _nothing_to_reset(conn: asyncpg.Connection) -> None:
-    return None
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Released connections need no reset query: only single statements and short explicit
+    transactions run here (SQL functions whose settings are transaction-local). Only a
+    transaction left open (cancelled mid-way) is rolled back: no round trip otherwise."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
 
 
 class HotPath:
@@ -131,11 +135,10 @@ class HotPath:
                     max_size=self.pool_size,
                     server_settings={"search_path": "booking",
                                      "application_name": f"dropslot-{self.settings.service}-hot"},
-                    # Only single statements run here (SQL functions whose settings are
-                    # transaction-local), so there is no session state to undo: skip asyncpg's
-                    # reset query (advisory unlock, CLOSE ALL, UNLISTEN, RESET ALL), a round trip
-                    # on every release (~4 % of a replica's CPU in a storm).
-                    reset=_nothing_to_reset,
+                    # No session state to undo: skip asyncpg's reset query (advisory unlock,
+                    # CLOSE ALL, UNLISTEN, RESET ALL), a round trip on every release (~4 % of a
+                    # replica's CPU in a storm); see _reset.
+                    reset=_reset,
                 )
                 return
             except asyncpg.exceptions.TooManyConnectionsError:
@@ -173,12 +176,50 @@ class HotPath:
                 if attempt == 2:
                     raise
                 log.warning("deadlock in reserve_seats; retrying")
-        outcomes = [""] * len(seats)
-        for r in rows:
-            outcomes[r["r_idx"] - 1] = r["r_outcome"]
+        outcomes = _outcomes(rows, len(seats))
         if self.on_commit is not None and "ok" in outcomes:
             self.on_commit()
         return outcomes
+
+    async def reserve_groups(
+        self, now: datetime, groups: Sequence[tuple[uuid.UUID, Sequence[Seat]]]
+    ) -> list[list[str]]:
+        """Several slots' batches in ONE transaction (one commit, one outbox wake), each slot's
+        `reserve_seats` in turn, in slot-id order: two replicas lock slot rows in the same order,
+        so they cannot deadlock over them. Outcomes per group, after the commit. One group is
+        `reserve` (one round trip, no BEGIN/COMMIT)."""
+        assert self.pool is not None
+        if len(groups) == 1:
+            return [await self.reserve(groups[0][0], now, groups[0][1])]
+        order = sorted(range(len(groups)), key=lambda g: groups[g][0])
+        args = {g: reserve_args(groups[g][0], now, groups[g][1]) for g in order}
+        for attempt in range(3):
+            try:
+                started = time.perf_counter()
+                results: dict[int, list[str]] = {}
+                async with self.pool.acquire() as conn, conn.transaction():
+                    for g in order:
+                        results[g] = _outcomes(await conn.fetch(RESERVE, *args[g]), len(groups[g][1]))
+                RESERVE_TXN.observe(time.perf_counter() - started)
+                break
+            except asyncpg.exceptions.DeadlockDetectedError:
+                # Slot rows are locked in one order, but a person's rows (their per-drop count,
+                # their Idempotency-Key) may be taken in another by a twin request of theirs in
+                # the other replica's transaction: PostgreSQL picks a victim; run it again.
+                if attempt == 2:
+                    raise
+                log.warning("deadlock in a multi-slot reserve transaction; retrying")
+        outcomes = [results[g] for g in range(len(groups))]
+        if self.on_commit is not None and any("ok" in o for o in outcomes):
+            self.on_commit()
+        return outcomes
+
+
+def _outcomes(rows: Sequence[asyncpg.Record], n: int) -> list[str]:
+    outcomes = [""] * n
+    for r in rows:
+        outcomes[r["r_idx"] - 1] = r["r_outcome"]
+    return outcomes
 
 
 class KeyLookups:
@@ -233,22 +274,30 @@ class _Waiting:
 
 
 class SlotBatcher:
-    """Group commit per slot inside a replica.
+    """Group commit inside a replica.
 
-    The first request for a slot starts a transaction at once; requests for the same slot that
-    arrive while it is in flight wait (nothing else) and are taken together by the next one, up
-    to `max_batch`. Every request is answered only after the transaction holding it committed,
-    so nothing in memory is needed for correctness: a crash loses only unanswered requests whose
-    transaction did not commit (and a retry with the same Idempotency-Key finds those that did).
+    The first request starts a transaction at once; requests that arrive while it is in flight
+    wait (nothing else) and are taken together by the next one: up to `max_batch` per slot, from
+    up to `max_slots` slots, each slot's seats in one `reserve_seats` call, all in one
+    transaction (`HotPath.reserve_groups`). On one hot slot that is one call per transaction;
+    across many slots (a drop of 20 slots) it turns a small transaction per slot, each with its
+    commit and its outbox messages, into one. Every request is answered only after the
+    transaction holding it committed, so nothing in memory is needed for correctness: a crash
+    loses only unanswered requests whose transaction did not commit (and a retry with the same
+    Idempotency-Key finds those that did). If a transaction of several slots fails for any
+    other reason than a deadlock, each slot's batch is tried again on its own, so a failure stays
+    with the slot it belongs to.
     """
 
-    def __init__(self, hot: HotPath, *, max_batch: int = 64, linger_ms: float = 0.0, clock: Any = None):
+    def __init__(self, hot: HotPath, *, max_batch: int = 64, linger_ms: float = 0.0, clock: Any = None,
+                 max_slots: int = 32):
         self.hot = hot
         self.max_batch = max_batch
+        self.max_slots = max_slots
         self.linger = linger_ms / 1000.0
         self.clock = clock
         self.queues: dict[uuid.UUID, list[_Waiting]] = {}
-        self.running: set[uuid.UUID] = set()
+        self.running = False
         self.batches = 0
         self.batched_seats = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -256,56 +305,77 @@ class SlotBatcher:
     async def submit(self, slot_id: uuid.UUID, seat: Seat) -> str:
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self.queues.setdefault(slot_id, []).append(_Waiting(seat, fut))
-        if slot_id not in self.running:
-            self.running.add(slot_id)
-            task = asyncio.create_task(self._drain(slot_id))
+        if not self.running:
+            self.running = True
+            task = asyncio.create_task(self._drain())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         # The transaction goes on if this request is cancelled (client gone): its seat is kept
         # and a retry with the same Idempotency-Key gets the stored answer.
         return await asyncio.shield(fut)
 
-    async def _drain(self, slot_id: uuid.UUID) -> None:
+    def _take(self) -> list[tuple[uuid.UUID, list[_Waiting]]]:
+        groups = []
+        for slot_id in list(self.queues)[: self.max_slots]:  # the longest-waiting slots first
+            queue = self.queues[slot_id]
+            groups.append((slot_id, queue[: self.max_batch]))
+            del queue[: self.max_batch]
+            if not queue:
+                del self.queues[slot_id]
+        return groups
+
+    async def _drain(self) -> None:
         try:
-            while True:
-                queue = self.queues.get(slot_id)
-                if not queue:
-                    return
+            while self.queues:
                 if self.linger:
                     await asyncio.sleep(self.linger)
-                batch = queue[: self.max_batch]
-                del queue[: self.max_batch]
+                groups = self._take()
                 now = self.clock() if self.clock else _utcnow()
                 started = time.perf_counter()
                 try:
-                    outcomes = await self.hot.reserve(slot_id, now, [w.seat for w in batch])
+                    outcomes = await self.hot.reserve_groups(now, [(s, [w.seat for w in b]) for s, b in groups])
                 except Exception as exc:
-                    for w in batch:
+                    if len(groups) == 1 or isinstance(exc, asyncpg.exceptions.DeadlockDetectedError):
+                        _fail(groups, exc)
+                        continue
+                    log.warning("a reserve transaction of %d slots failed (%r): each slot on its own",
+                                len(groups), exc)
+                    outcomes = []
+                    for slot_id, batch in groups:
+                        try:
+                            outcomes.append(await self.hot.reserve(slot_id, now, [w.seat for w in batch]))
+                        except Exception as alone:
+                            _fail([(slot_id, batch)], alone)
+                            outcomes.append([])
+                for (_, batch), outs in zip(groups, outcomes, strict=True):
+                    if not outs:
+                        continue
+                    self.batches += 1
+                    self.batched_seats += len(batch)
+                    BATCH_SIZE.observe(len(batch))
+                    for w, outcome in zip(batch, outs, strict=True):
                         if not w.future.done():
-                            w.future.set_exception(exc)
-                    continue
-                self.batches += 1
-                self.batched_seats += len(batch)
-                BATCH_SIZE.observe(len(batch))
+                            w.future.set_result(outcome)
                 if log.isEnabledFor(logging.DEBUG):
                     took = 1000 * (time.perf_counter() - started)
-                    log.debug("slot %s: batch of %d in %.1f ms", slot_id, len(batch), took)
-                for w, outcome in zip(batch, outcomes, strict=True):
-                    if not w.future.done():
-                        w.future.set_result(outcome)
+                    log.debug("%d slot(s), %d seats in %.1f ms", len(groups), sum(len(b) for _, b in groups), took)
         finally:
-            self.running.discard(slot_id)
-            if not self.queues.get(slot_id):
-                self.queues.pop(slot_id, None)
-            else:  # pragma: no cover - only if the loop above was cancelled mid-way
-                for w in self.queues.pop(slot_id, []):
-                    if not w.future.done():
-                        w.future.set_exception(RuntimeError("booking is shutting down"))
+            self.running = False
+            if self.queues:  # pragma: no cover - only if the loop above was cancelled mid-way
+                _fail(list(self.queues.items()), RuntimeError("booking is shutting down"))
+                self.queues.clear()
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _fail(groups: Sequence[tuple[uuid.UUID, list[_Waiting]]], exc: BaseException) -> None:
+    for _, batch in groups:
+        for w in batch:
+            if not w.future.done():
+                w.future.set_exception(exc)
 
 
 def _utcnow() -> datetime:
