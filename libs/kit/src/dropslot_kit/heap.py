@@ -6,8 +6,7 @@ objects that live as long as the process. CPython's full collection walks every 
 in a booking replica, 70-190 ms in the gateway, up to ~950 ms in a niced consumer. A storm
 fills the young generations fast (every request in flight survives a young collection), so a
 full collection came about once per storm per process, stalling every request that process
-held; a consumer catching up after a storm ran one every second (a fifth of notifications'
-CPU).
+held; notifications, catching up after the storms of one bench run, ran 54 of them.
 
 After start-up we collect once and `gc.freeze()` what is left: those objects move to a
 permanent generation that later collections do not walk. Cycles created afterwards are still

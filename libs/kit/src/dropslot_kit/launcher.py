@@ -105,30 +105,44 @@ def _say(log: IO[str] | None, msg: str) -> None:
 
 
 IDLE_CGROUP = "dropslot-background"
-# Where the kernel's CPU controller may be: cgroup v2 (unified) or v1's cpu hierarchy.
-_CPU_CGROUP_ROOTS = (Path("/sys/fs/cgroup"), Path("/sys/fs/cgroup/cpu"), Path("/sys/fs/cgroup/cpu,cpuacct"))
+
+
+def _cpu_cgroup_dir() -> Path | None:
+    """This process's cgroup in a cgroup-v1 `cpu` hierarchy (e.g. /sys/fs/cgroup/cpu/), if any.
+    Only v1: there a cgroup of the cpu controller governs nothing but CPU, whereas moving a
+    process in the unified (v2) hierarchy would move its memory and pids accounting too."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if "cpu" in controllers.split(","):
+            for mount in (Path("/sys/fs/cgroup") / controllers, Path("/sys/fs/cgroup/cpu")):
+                if (mount / "cgroup.procs").exists():
+                    return mount / path.lstrip("/")
+    return None
 
 
 def _idle_cgroup(pid: int) -> str | None:
-    """Move a process into a CPU cgroup marked idle (`cpu.idle` = 1, Linux 5.15+): the
-    scheduler runs it only on a core nothing else wants, and preempts it the moment something
-    else wakes. Needs a writable cgroup filesystem (root, or a delegated subtree); None if not."""
-    for root in _CPU_CGROUP_ROOTS:
-        group = root / IDLE_CGROUP
-        try:
-            if not (root / "cgroup.procs").exists():
-                continue
-            group.mkdir(exist_ok=True)
-            idle = group / "cpu.idle"
-            if not idle.exists():
-                continue
-            if idle.read_text().strip() != "1":
-                idle.write_text("1\n")
-            (group / "cgroup.procs").write_text(f"{pid}\n")  # every thread, and those to come
-            return str(group)
-        except OSError:
-            continue
-    return None
+    """Move a process into a CPU cgroup marked idle (`cpu.idle` = 1, Linux 5.15+) beside the
+    launcher's own: the scheduler runs it only on a core nothing else wants, and preempts it the
+    moment something else wakes. Needs a writable cgroup-v1 cpu hierarchy (root); None if not."""
+    parent = _cpu_cgroup_dir()
+    if parent is None:
+        return None
+    group = parent / IDLE_CGROUP
+    try:
+        group.mkdir(exist_ok=True)
+        idle = group / "cpu.idle"
+        if not idle.exists():
+            return None
+        if idle.read_text().strip() != "1":
+            idle.write_text("1\n")
+        (group / "cgroup.procs").write_text(f"{pid}\n")  # every thread, and those to come
+        return str(group)
+    except OSError:
+        return None
 
 
 def lower_priority(pid: int, niceness: int) -> str:

@@ -284,9 +284,9 @@ class SlotBatcher:
     commit and its outbox messages, into one. Every request is answered only after the
     transaction holding it committed, so nothing in memory is needed for correctness: a crash
     loses only unanswered requests whose transaction did not commit (and a retry with the same
-    Idempotency-Key finds those that did). If a transaction of several slots fails for any
-    other reason than a deadlock, each slot's batch is tried again on its own, so a failure stays
-    with the slot it belongs to.
+    Idempotency-Key finds those that did). If PostgreSQL refuses a transaction of several slots
+    (other than as a deadlock victim), each slot's batch is tried again on its own, so a failure
+    stays with the slot it belongs to.
     """
 
     def __init__(self, hot: HotPath, *, max_batch: int = 64, linger_ms: float = 0.0, clock: Any = None,
@@ -335,7 +335,13 @@ class SlotBatcher:
                 try:
                     outcomes = await self.hot.reserve_groups(now, [(s, [w.seat for w in b]) for s, b in groups])
                 except Exception as exc:
-                    if len(groups) == 1 or isinstance(exc, asyncpg.exceptions.DeadlockDetectedError):
+                    # Only an error the server reported means the transaction surely rolled back
+                    # (a connection lost at COMMIT may hide a commit): only then is each slot tried
+                    # again on its own; otherwise every request gets the error (503, and a retry
+                    # with its Idempotency-Key finds a seat that was in fact taken).
+                    alone_ok = isinstance(exc, asyncpg.PostgresError) and not isinstance(
+                        exc, asyncpg.exceptions.DeadlockDetectedError)
+                    if len(groups) == 1 or not alone_ok:
                         _fail(groups, exc)
                         continue
                     log.warning("a reserve transaction of %d slots failed (%r): each slot on its own",
