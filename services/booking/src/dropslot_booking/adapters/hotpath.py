@@ -340,7 +340,7 @@ class SlotBatcher:
                     # again on its own; otherwise every request gets the error (503, and a retry
                     # with its Idempotency-Key finds a seat that was in fact taken).
                     alone_ok = isinstance(exc, asyncpg.PostgresError) and not isinstance(
-                        exc, asyncpg.exceptions.DeadlockDetectedError)
+                        exc, (asyncpg.exceptions.DeadlockDetectedError, asyncpg.exceptions.PostgresConnectionError))
                     if len(groups) == 1 or not alone_ok:
                         _fail(groups, exc)
                         continue
