@@ -465,3 +465,21 @@ async def test_ready_is_a_503_problem_naming_what_is_down(test_settings):
 
 async def _ok(client) -> bool:
     return (await client.get("/ready")).status_code == 200
+
+
+def test_the_asyncapi_document_describes_each_queue_and_batched_messages(test_settings):
+    """/asyncapi.json is built from the consumers, without a broker connection."""
+    from dropslot_kit.outbox import EVENTS_HEADER
+    from faststream.specification import AsyncAPI
+
+    consumers = EventConsumers("audit")
+
+    @consumers.on("catalog.store.*", name="stores")
+    async def stores(env, uow):  # pragma: no cover - never called here
+        return None
+
+    messaging = Messaging(test_settings.model_copy(update={"service": "audit"}), None, consumers)
+    spec = AsyncAPI(messaging.spec_broker, title="dropslot-audit").to_specification().to_json()
+    assert messaging.queue_name(consumers.consumers[0]) in spec
+    assert "catalog.store.*" in spec
+    assert EVENTS_HEADER in spec and "JSON array" in spec

@@ -138,6 +138,16 @@ def json_events_in(body: bytes) -> list[dict[str, Any]]:
     return data if isinstance(data, list) else [data]
 
 
+def _queue_description(consumer: Consumer) -> str:
+    """What /asyncapi.json says about a consumer's queue, message framing included."""
+    return (
+        f"Events with routing keys {', '.join(consumer.patterns)}. A message body is one event "
+        f"envelope (a JSON object), or, when the header {EVENTS_HEADER} = N is present, a JSON "
+        "array of N envelopes: neighbouring events of one routing key that the outbox relay sent "
+        "together. Each envelope is handled, retried and dead-lettered on its own."
+    )
+
+
 def _wanted(consumer: Consumer, env: Envelope) -> bool:
     assert consumer.wants is not None
     try:
@@ -309,7 +319,7 @@ class Messaging:
             return None
 
         self.spec_broker.subscriber(queue, self.exchange, no_reply=True, title=qname,
-                                    description=", ".join(consumer.patterns))(on_message)
+                                    description=_queue_description(consumer))(on_message)
 
     async def start(self) -> None:
         await self.broker.start()
