@@ -652,7 +652,7 @@ def main() -> int:
                         help="skip the extra hot-slot storms with the consumers stopped / without the gateway")
     parser.add_argument("--no-priorities", dest="priorities", action="store_false",
                         help="run every service at the same CPU priority (the launcher runs notifications, "
-                             "webhooks and audit at nice 19 by default)")
+                             "webhooks and audit at the lowest CPU priority by default)")
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args()
 

@@ -163,43 +163,33 @@ class HotPath:
 
     async def reserve(self, slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat]) -> list[str]:
         """Outcome per seat, in order, after the transaction committed."""
-        assert self.pool is not None
-        args = reserve_args(slot_id, now, seats)
-        for attempt in range(3):
-            try:
-                started = time.perf_counter()
-                rows = await self.pool.fetch(RESERVE, *args)
-                RESERVE_TXN.observe(time.perf_counter() - started)
-                break
-            except asyncpg.exceptions.DeadlockDetectedError:
-                # Cannot happen with booking's lock order; retried anyway rather than failing a customer.
-                if attempt == 2:
-                    raise
-                log.warning("deadlock in reserve_seats; retrying")
-        outcomes = _outcomes(rows, len(seats))
-        if self.on_commit is not None and "ok" in outcomes:
-            self.on_commit()
-        return outcomes
+        return (await self.reserve_groups(now, [(slot_id, seats)]))[0]
 
     async def reserve_groups(
         self, now: datetime, groups: Sequence[tuple[uuid.UUID, Sequence[Seat]]]
     ) -> list[list[str]]:
-        """Several slots' batches in ONE transaction (one commit, one outbox wake), each slot's
-        `reserve_seats` in turn, in slot-id order: two replicas lock slot rows in the same order,
-        so they cannot deadlock over them. Outcomes per group, after the commit. One group is
-        `reserve` (one round trip, no BEGIN/COMMIT)."""
+        """Outcomes per group of seats, after the commit. One slot is one call of
+        `reserve_seats` in autocommit (one round trip, no BEGIN/COMMIT). Several slots go in ONE
+        transaction (one commit, one outbox wake), each slot's call in turn, in slot-id order:
+        two replicas lock slot rows in the same order, so they cannot deadlock over them."""
         assert self.pool is not None
-        if len(groups) == 1:
-            return [await self.reserve(groups[0][0], now, groups[0][1])]
+        pool = self.pool
         order = sorted(range(len(groups)), key=lambda g: groups[g][0])
         args = {g: reserve_args(groups[g][0], now, groups[g][1]) for g in order}
+
+        async def run() -> dict[int, list[str]]:
+            if len(groups) == 1:
+                return {0: _outcomes(await pool.fetch(RESERVE, *args[0]), len(groups[0][1]))}
+            results: dict[int, list[str]] = {}
+            async with pool.acquire() as conn, conn.transaction():
+                for g in order:
+                    results[g] = _outcomes(await conn.fetch(RESERVE, *args[g]), len(groups[g][1]))
+            return results
+
         for attempt in range(3):
             try:
                 started = time.perf_counter()
-                results: dict[int, list[str]] = {}
-                async with self.pool.acquire() as conn, conn.transaction():
-                    for g in order:
-                        results[g] = _outcomes(await conn.fetch(RESERVE, *args[g]), len(groups[g][1]))
+                results = await run()
                 RESERVE_TXN.observe(time.perf_counter() - started)
                 break
             except asyncpg.exceptions.DeadlockDetectedError:
@@ -208,7 +198,7 @@ class HotPath:
                 # the other replica's transaction: PostgreSQL picks a victim; run it again.
                 if attempt == 2:
                     raise
-                log.warning("deadlock in a multi-slot reserve transaction; retrying")
+                log.warning("deadlock in a reserve transaction of %d slot(s); retrying", len(groups))
         outcomes = [results[g] for g in range(len(groups))]
         if self.on_commit is not None and any("ok" in o for o in outcomes):
             self.on_commit()
