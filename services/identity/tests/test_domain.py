@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric import rsa
 from dropslot_identity.auth import client_ip
 from dropslot_identity.domain import passwords, roles, tokens, users
 from dropslot_identity.domain.throttle import LockRule
-from dropslot_identity.keys import load_private, public_jwk, serialize_private
+from dropslot_identity.keys import generate, load_private, public_jwk, serialize_private
 from starlette.requests import Request
 
 
@@ -127,15 +128,35 @@ def test_client_address_trusts_only_the_proxy_hops():
 
 
 # --- signing keys ---------------------------------------------------------------------------------------
-def test_jwk_round_trip_and_encrypted_storage():
-    key = Ed25519PrivateKey.generate()
+@pytest.mark.parametrize("algorithm", ["RS256", "EdDSA"])
+def test_jwk_round_trip_and_encrypted_storage(algorithm):
+    key = generate(algorithm)
     jwk = public_jwk(key.public_key())
-    assert jwk["kty"] == "OKP" and jwk["crv"] == "Ed25519" and jwk["alg"] == "EdDSA" and jwk["kid"]
+    if algorithm == "EdDSA":
+        assert jwk["kty"] == "OKP" and jwk["crv"] == "Ed25519" and "n" not in jwk
+    else:
+        assert jwk["kty"] == "RSA" and jwk["e"] == "AQAB" and key.key_size == 2048
+    assert jwk["alg"] == algorithm and jwk["use"] == "sig" and jwk["kid"]
     assert public_jwk(key.public_key())["kid"] == jwk["kid"]  # thumbprint: stable
     pem = serialize_private(key, "s3cret")
     assert "ENCRYPTED" in pem
     with pytest.raises(TypeError):
         load_private(pem, None)
     again = load_private(pem, "s3cret")
-    token = jwt.encode({"sub": "x"}, again, algorithm="EdDSA", headers={"kid": jwk["kid"]})
-    assert jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=["EdDSA"])["sub"] == "x"
+    token = jwt.encode({"sub": "x"}, again, algorithm=algorithm, headers={"kid": jwk["kid"]})
+    assert jwt.decode(token, jwt.PyJWK(jwk).key, algorithms=[algorithm])["sub"] == "x"
+
+
+def test_rsa_thumbprint_is_rfc7638():
+    """RFC 7638 section 3.1's example key and its thumbprint."""
+    n = ("0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMs"
+         "tn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajr"
+         "n1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw")
+    public = rsa.RSAPublicNumbers(65537, int.from_bytes(base64.urlsafe_b64decode(n + "=="), "big")).public_key()
+    assert public_jwk(public)["kid"] == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+def test_a_short_rsa_key_is_refused():
+    short = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(ValueError, match="fewer than 2048"):
+        load_private(serialize_private(short, None), None)

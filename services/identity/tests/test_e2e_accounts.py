@@ -67,11 +67,11 @@ async def test_malformed_email_is_a_validation_error(http):
     assert r.json()["errors"][0]["name"] == "email"
 
 
-async def test_sign_in_issues_a_short_lived_eddsa_token_with_roles(http):
+async def test_sign_in_issues_a_short_lived_rs256_token_with_roles(http):
     user = await sign_up(http, email=unique_email("signin"))
     assert user["token_type"] == "bearer" and user["expires_in"] == 600
     header = jwt.get_unverified_header(user["access_token"])
-    assert header["alg"] == "EdDSA" and header["kid"]
+    assert header["alg"] == "RS256" and header["kid"]
     c = claims(user["access_token"])
     assert c["iss"] == "dropslot-identity" and c["aud"] == "dropslot" and c["typ"] == "access"
     assert c["sub"] == user["id"] and c["email"] == user["email"] and c["email_verified"] is False

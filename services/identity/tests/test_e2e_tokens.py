@@ -8,8 +8,7 @@ import time
 import httpx
 import jwt
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from dropslot_identity.keys import load_private
+from dropslot_identity.keys import PrivateKey, algorithm_of, generate, load_private
 from dropslot_kit.auth import JWKSVerifier
 from dropslot_kit.errors import InvalidToken
 from dropslot_kit.testing import eventually, sign_up, unique_email
@@ -21,7 +20,7 @@ def claims_of(token: str) -> dict:
     return jwt.decode(token, options={"verify_signature": False})
 
 
-async def signing_key(identity_db) -> tuple[str, Ed25519PrivateKey]:
+async def signing_key(identity_db) -> tuple[str, PrivateKey]:
     row = await identity_db.fetchrow(
         "SELECT kid, private_key FROM signing_keys WHERE retired_at IS NULL ORDER BY created_at DESC LIMIT 1")
     return row["kid"], load_private(row["private_key"], None)
@@ -32,23 +31,29 @@ async def forged_tokens(user: dict, identity_db) -> dict[str, str]:
     good = user["access_token"]
     claims = claims_of(good)
     kid, real_key = await signing_key(identity_db)
-    other_key = Ed25519PrivateKey.generate()
+    alg = algorithm_of(real_key)
+    assert jwt.get_unverified_header(good)["alg"] == alg
+    other_key = generate(alg)  # same kind of key: only the signature can tell them apart
+    other_kind = generate("EdDSA" if alg == "RS256" else "RS256")
     now = int(time.time())
     header, payload, signature = good.split(".")
     elevated = jwt.encode({**claims, "roles": [{"code": "platform_admin", "store_id": None}]}, other_key,
-                          algorithm="EdDSA", headers={"kid": kid})
+                          algorithm=alg, headers={"kid": kid})
     return {
         # Signed by a key identity never published, under identity's kid and under a kid of its own.
-        "other key, real kid": jwt.encode(claims, other_key, algorithm="EdDSA", headers={"kid": kid}),
-        "other key, unknown kid": jwt.encode(claims, other_key, algorithm="EdDSA", headers={"kid": "attacker"}),
+        "other key, real kid": jwt.encode(claims, other_key, algorithm=alg, headers={"kid": kid}),
+        "other key, unknown kid": jwt.encode(claims, other_key, algorithm=alg, headers={"kid": "attacker"}),
+        # A key of the other algorithm under identity's kid: the token's alg must match the key's type.
+        "other algorithm, real kid": jwt.encode(claims, other_kind, algorithm=algorithm_of(other_kind),
+                                                headers={"kid": kid}),
         # Identity's real key, but expired.
         "expired": jwt.encode({**claims, "iat": now - 1200, "nbf": now - 1200, "exp": now - 600}, real_key,
-                              algorithm="EdDSA", headers={"kid": kid}),
+                              algorithm=alg, headers={"kid": kid}),
         # A real token whose payload was altered (elevated roles), keeping the original signature.
         "altered": header + "." + elevated.split(".")[1] + "." + signature,
         "truncated signature": good[:-6],
         "alg none": jwt.encode(claims, None, algorithm="none", headers={"kid": kid}),
-        "wrong audience": jwt.encode({**claims, "aud": "someone-else"}, real_key, algorithm="EdDSA",
+        "wrong audience": jwt.encode({**claims, "aud": "someone-else"}, real_key, algorithm=alg,
                                      headers={"kid": kid}),
     }
 

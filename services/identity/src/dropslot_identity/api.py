@@ -27,7 +27,7 @@ Extras (API.md is silent on these):
     DELETE /users/{id}                              platform admin, or the user themself · 204 (status `deleted`;
                                                     the address may be registered again)
 
-Tokens: the access token is an EdDSA JWT (`kid` header; claims iss, aud, sub, typ="access", iat, exp,
+Tokens: the access token is an RS256 JWT (`kid` header; claims iss, aud, sub, typ="access", iat, exp,
 jti, sid, email, email_verified, roles=[{code, store_id}]), 10 minutes by default. Identity's own
 routes also refuse it once its account is suspended or its session has ended; other services accept
 it until it expires. The refresh token is opaque, stored hashed, rotates on every use; presenting it

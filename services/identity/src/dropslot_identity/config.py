@@ -1,5 +1,7 @@
 """Identity settings: `DROPSLOT_IDENTITY_*` on top of the kit's `DROPSLOT_*`."""
 
+from typing import Literal
+
 from dropslot_kit.settings import KitSettings
 
 
@@ -26,6 +28,10 @@ class Settings(KitSettings):
     identity_key_cache_seconds: float = 15.0
     # When set, private keys are stored encrypted with it (PKCS#8, best available encryption).
     identity_key_passphrase: str | None = None
+    # The algorithm of NEW signing keys (the first key, and each rotation): RS256 (RSA, 2048 bits)
+    # or EdDSA (Ed25519). Tokens of either kind verify everywhere; RS256 verifies ~2.5x faster,
+    # which the gateway pays on every first request of a person (keys.py).
+    identity_signing_algorithm: Literal["RS256", "EdDSA"] = "RS256"
 
     # A store owner hiring staff for a store identity has not heard of yet (its creation event is in
     # flight) waits up to this long for it instead of getting 403.

@@ -1,6 +1,6 @@
 """DropSlot identity service: the app factory (`uvicorn dropslot_identity.main:create_app --factory`).
 
-Accounts, sign-in, access tokens (EdDSA JWTs, keys published at /api/v1/auth/jwks.json),
+Accounts, sign-in, access tokens (RS256 JWTs by default, or EdDSA; keys published at /api/v1/auth/jwks.json),
 email verification, password reset, roles. Routes: see `api.py`; rules: `domain/`;
 use cases: `service.py`; SQL: `adapters/repo.py`; throttling: `adapters/throttle.py`.
 """
