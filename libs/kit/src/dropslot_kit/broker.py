@@ -461,18 +461,28 @@ class Messaging:
         if len(envs) == 1:  # its body, array or not, is what a retry sends on
             await self._handle_one(consumer, qname, envs[0], headers, raw)
             return
+        if consumer.wants is not None:
+            # Events the handler does not want are acknowledged with the message, here, before a
+            # task is made for each (payments and a free drop's storm of reservations).
+            wanted = [env for env in envs if _wanted(consumer, env)]
+            if len(wanted) < len(envs):
+                telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(
+                    len(envs) - len(wanted))
+            envs = wanted
+            if not envs:
+                return
         # Several events in one message (the outbox relay's): each is handled, and retried or
         # dead-lettered, on its own; together they still share the consumer's transactions.
         headers.pop(EVENTS_HEADER, None)
-        results = await asyncio.gather(*(self._handle_one(consumer, qname, env, headers, None) for env in envs),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(self._handle_one(consumer, qname, env, headers, None, checked=True)
+                                         for env in envs), return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # not even the retry queue took one: the whole message goes back
 
     async def _handle_one(self, consumer: Consumer, qname: str, env: Envelope, headers: dict[str, Any],
-                          raw: bytes | None) -> None:
-        if consumer.wants is not None and not _wanted(consumer, env):
+                          raw: bytes | None, *, checked: bool = False) -> None:
+        if not checked and consumer.wants is not None and not _wanted(consumer, env):
             telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc()
             return
         # The relay's publish span (message header) is the nearest parent; the envelope's own
