@@ -3,9 +3,10 @@
 Tokens are short-lived JWTs signed with an asymmetric key (RS256, EdDSA or ES256); the key
 id in the header picks the key. Identity signs with RS256 by default: an RSA signature (e=65537)
 verifies in ~22 µs here against ~56 µs for Ed25519 with libsodium, and every first request of
-each person in a drop pays one check at the gateway, while a token is signed once per sign-in. An unknown key id refreshes the JWKS (at most every few
-seconds, so a flood of forged kids cannot hammer identity); keys otherwise live for
-`cache_seconds`, so a rotation is picked up without logging anyone out.
+each person in a drop pays one check at the gateway, while a token is signed once per sign-in.
+An unknown key id refreshes the JWKS (at most every few seconds, so a flood of forged kids
+cannot hammer identity); keys otherwise live for `cache_seconds`, so a rotation is picked up
+without logging anyone out.
 
 A token that verified is remembered (by its exact text) until it expires, for at most
 `verified_ttl` seconds: during a drop the same person sends many requests with one token,
@@ -13,12 +14,13 @@ and the signature check is the costliest part of a request at the gateway. The m
 bounded (oldest forgotten first); an expired token is refused even if remembered.
 
 The check is written out here (split, base64url, JSON, the claims) around the signature check
-(OpenSSL via cryptography for RS256, libsodium for Ed25519, PyJWT's algorithm object for ES256): `jwt.decode` spent ~100 µs per token
-on its generic option handling beside a ~110 µs OpenSSL Ed25519 check (libsodium: ~55 µs), and
-in a drop every request carries a token seen for the first time. Refused: anything but three
-base64url segments, an algorithm outside ALGORITHMS or not matching the key's type, a bad
-signature, a missing exp/iat/sub, expired, issued or valid only in the future (beyond the
-leeway), another issuer or audience, or a token type other than access.
+(OpenSSL via cryptography for RS256, libsodium for Ed25519, PyJWT's algorithm object for ES256):
+`jwt.decode` spent ~100 µs per token on its generic option handling beside a ~110 µs OpenSSL
+Ed25519 check (libsodium: ~55 µs), and in a drop every request carries a token seen for the
+first time. Refused: anything but three base64url segments, an algorithm outside ALGORITHMS or
+not matching the key's type, an RSA key under 2048 bits, a bad signature, a missing exp/iat/sub,
+expired, issued or valid only in the future (beyond the leeway), another issuer or audience, or a
+token type other than access.
 
 **Gateway proof.** The gateway verifies every token before routing, then forwards a proof that it
 did: `X-DropSlot-Gateway-Proof` = base64url(HMAC-SHA256(key, token text)), under a key shared by
