@@ -50,6 +50,10 @@ from dropslot_notifications.adapters.channels import SIGNATURE_HEADER, TIMESTAMP
 SMS_SECRET = "sms-test-secret"
 PUSH_SECRET = "push-test-secret"
 BROKEN_TEMPLATE = "refund_issued"
+# How long a reservation mail of the test system waits for a drop it does not know yet (30 s in
+# production): long enough for a catalog event published around the same time to arrive even on a
+# busy machine, short enough that tests about drops nobody announces stay quick.
+DROP_WAIT_SECONDS = 3.0
 
 
 # --- a real SMTP server ------------------------------------------------------------------------------
@@ -165,6 +169,7 @@ def notif_system(
         "DROPSLOT_NOTIFICATIONS_RETRY_BASE_SECONDS": "0.5",
         "DROPSLOT_NOTIFICATIONS_RETRY_MAX_SECONDS": "2",
         "DROPSLOT_NOTIFICATIONS_POLL_SECONDS": "0.25",
+        "DROPSLOT_NOTIFICATIONS_DROP_WAIT_SECONDS": str(DROP_WAIT_SECONDS),
         # Several engineers' test systems share one PostgreSQL (100 connections): keep few idle.
         "DROPSLOT_DB_POOL_SIZE": "2",
         "DROPSLOT_DB_MAX_OVERFLOW": "8",

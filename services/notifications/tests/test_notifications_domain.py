@@ -1,15 +1,21 @@
 """Domain rules of notifications: channel choice, preferences, backoff, failure classes,
-provider signatures, cursors. Plain unit tests, no I/O."""
+provider signatures, cursors, a reservation message waiting (boundedly) for its drop. Plain unit
+tests, no I/O (the sender's `deliver` is given its rows and local copies, and a recording transport)."""
 
 from __future__ import annotations
 
+import logging
 import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from dropslot_notifications.adapters.channels import sign, verify
+from dropslot_notifications.adapters.repository import Claimed
 from dropslot_notifications.api import InvalidCursor, decode_cursor, encode_cursor
+from dropslot_notifications.config import Settings
+from dropslot_notifications.domain import messages as m
 from dropslot_notifications.domain.failures import http_status_is_permanent, smtp_code_is_permanent
 from dropslot_notifications.domain.model import (
     Channel,
@@ -21,6 +27,8 @@ from dropslot_notifications.domain.model import (
     is_valid_email,
     retry_delay,
 )
+from dropslot_notifications.rendering import Rendered, Renderer
+from dropslot_notifications.service.sender import Sender
 
 ALL = Planner(frozenset(Channel))
 U = uuid.uuid4()
@@ -124,3 +132,97 @@ def test_cursor_round_trip_and_garbage() -> None:
     for bad in ("x", "!!!", encode_cursor(at, nid)[:-3]):
         with pytest.raises(InvalidCursor):
             decode_cursor(bad)
+
+
+# --- a reservation message waiting for its drop ------------------------------------------------------
+def _reservation_snapshot(**over: object) -> dict[str, Any]:
+    snap: dict[str, Any] = {
+        "reservation_id": str(uuid.uuid4()), "slot_id": str(uuid.uuid4()), "drop_id": str(uuid.uuid4()),
+        "store_id": str(uuid.uuid4()), "user_id": str(U), "state": "CONFIRMED",
+        "slot_start": "2026-11-24T14:00:00Z", "slot_end": "2026-11-24T14:30:00Z", "amount_cents": 0,
+        "currency": "EUR", "requires_payment": False, "drop_name": "Winter Sneaker Drop",
+        "qr_code_url": "/api/v1/reservations/r/qr.svg", "checkin_token": "ck.x.sig",
+    }
+    snap.update(over)
+    return snap
+
+
+BERLIN_DROP = m.DropInfo("Catalog's name", "Air Max 1", "Kicks & Co", [
+    {"name": "Mitte", "address": "Torstr. 1, Berlin", "phone": None, "timezone": "Europe/Berlin"}])
+
+
+def test_a_reservation_message_written_without_its_drop_awaits_it_unless_it_is_a_hold_reminder() -> None:
+    snap = _reservation_snapshot()
+    for template in ("reservation_confirmed", "reservation_expired", "reservation_cancelled"):
+        assert m.reservation_intent(template, snap, None, "http://gw", dedupe=None).payload[m.AWAITING_DROP] \
+            == snap["drop_id"]
+        assert m.AWAITING_DROP not in m.reservation_intent(template, snap, BERLIN_DROP, "http://gw",
+                                                           dedupe=None).payload
+    assert m.AWAITING_DROP not in m.reservation_intent("hold_expiring", snap, None, "http://gw", dedupe=None).payload
+
+
+def test_the_drop_found_later_fills_in_branch_store_and_zone_while_the_events_own_data_wins() -> None:
+    snap = _reservation_snapshot()
+    payload = m.reservation_intent("reservation_confirmed", snap, None, "http://gw", dedupe=None).payload
+    done = m.with_drop(payload, BERLIN_DROP)
+    assert done == m.reservation_intent("reservation_confirmed", snap, BERLIN_DROP, "http://gw",
+                                        dedupe=None).payload | {m.AWAITING_DROP: snap["drop_id"]}
+    view = done["reservation"]
+    assert view["title"] == "Winter Sneaker Drop"  # the event's name, not the copy's
+    assert (view["store_name"], view["tz"], view["branches"][0]["name"]) == ("Kicks & Co", "Europe/Berlin", "Mitte")
+    assert payload["reservation"]["branches"] == []  # the stored payload is left as written
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.sent: list[Rendered] = []
+
+    async def send(self, *, notification_id: uuid.UUID, template: str, to: str, message: Rendered) -> None:
+        self.sent.append(message)
+
+
+def _waiting_row(age_seconds: float, attempts: int = 1) -> tuple[Claimed, str]:
+    snap = _reservation_snapshot()
+    payload = m.reservation_intent("reservation_confirmed", snap, None, "http://gw", dedupe=None).payload
+    created = datetime.now(UTC) - timedelta(seconds=age_seconds)
+    return Claimed(uuid.uuid4(), U, Channel.EMAIL, "reservation_confirmed", payload, "ann@example.com", attempts,
+                   created), snap["drop_id"]
+
+
+def _sender(transport: _Recorder) -> Sender:
+    settings = Settings(notifications_drop_wait_seconds=30, notifications_retry_base_seconds=5,
+                        notifications_retry_max_seconds=900)
+    return Sender(settings, None, Renderer(), {Channel.EMAIL: transport})  # type: ignore[arg-type]  # no DB used
+
+
+async def test_the_sender_renders_the_drop_it_finds_at_send_time() -> None:
+    out = _Recorder()
+    row, drop_id = _waiting_row(age_seconds=2)
+    outcome = await _sender(out).deliver(row, None, {drop_id: BERLIN_DROP})
+    assert outcome.kind == "sent"
+    [mail] = out.sent
+    assert "Pickup: Mitte, Torstr. 1, Berlin" in mail.text and "15:00 CET" in mail.text
+
+
+async def test_the_sender_waits_for_an_unknown_drop_but_never_past_the_bound() -> None:
+    out = _Recorder()
+    sender = _sender(out)
+    row, _ = _waiting_row(age_seconds=2)
+    early = await sender.deliver(row, None, {})
+    assert early.kind == "retry" and "waiting for the details of drop" in (early.error or "")
+    assert 0 < early.delay <= 6.25  # the usual backoff
+    row, _ = _waiting_row(age_seconds=28, attempts=4)  # backoff would say ~40 s: the bound is nearer
+    late = await sender.deliver(row, None, {})
+    assert late.kind == "retry" and 0 < late.delay <= 2.0
+    assert out.sent == []
+
+
+async def test_after_the_bound_the_message_goes_out_without_the_drop_and_says_so(caplog) -> None:
+    out = _Recorder()
+    row, drop_id = _waiting_row(age_seconds=31, attempts=5)
+    with caplog.at_level(logging.WARNING, logger="dropslot.notifications.sender"):
+        outcome = await _sender(out).deliver(row, None, {})
+    assert outcome.kind == "sent"
+    [mail] = out.sent
+    assert "Pickup:" not in mail.text and "Winter Sneaker Drop" in (mail.subject or "")
+    assert f"drop {drop_id} still not known" in caplog.text

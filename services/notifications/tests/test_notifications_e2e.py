@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 from zoneinfo import ZoneInfo
@@ -30,6 +31,8 @@ from dropslot_contracts.events.catalog import BranchSnapshot, DropCreated, DropL
 from dropslot_contracts.events.payments import PaymentFailed, PaymentRefunded
 from dropslot_kit.testing import create_store, eventually, sign_up
 from dropslot_notifications.rendering import qr_png
+
+from .conftest import DROP_WAIT_SECONDS
 
 pytestmark = pytest.mark.e2e
 
@@ -127,6 +130,8 @@ async def test_sign_up_mails_a_verification_link_whose_token_verifies_the_addres
 
 
 async def test_confirmed_reservation_mail_has_the_qr_code_slot_and_branch(api, bus, smtp, customer):
+    # The two events travel in different queues, so the confirmation may be handled first: its
+    # mail then waits for the drop (DROP_WAIT_SECONDS) instead of going out without the branch.
     drop_id, store_id = uuid.uuid4(), uuid.uuid4()
     await bus.publish(Envelope.wrap(DropCreated(drop=drop_snapshot(drop_id, store_id)), producer="catalog"))
     token = f"ck.{uuid.uuid4().hex}.signature"
@@ -150,6 +155,56 @@ async def test_confirmed_reservation_mail_has_the_qr_code_slot_and_branch(api, b
     assert image.get_payload(decode=True) == qr_png(token)  # the QR of exactly this reservation's token
     rid = env.data["reservation"]["reservation_id"]
     assert f"/api/v1/reservations/{rid}/qr.svg" in body
+
+
+async def test_a_confirmation_handled_before_its_drop_waits_for_it_and_names_the_branch(api, bus, smtp, customer):
+    # As after a restart with a backlog on both queues: booking's event is handled first.
+    drop_id, store_id = uuid.uuid4(), uuid.uuid4()
+    token = f"ck.{uuid.uuid4().hex}.signature"
+    await bus.publish(confirmed(customer["id"], drop_id=drop_id, store_id=store_id, token=token))
+
+    async def waiting() -> dict[str, Any] | None:
+        items = await my_notifications(api, customer, template="reservation_confirmed")
+        return next((n for n in items if n["status"] == "PENDING" and str(drop_id) in (n["last_error"] or "")),
+                    None)
+
+    # Seen waiting for the drop (well within the bound) before the drop is announced at all.
+    await eventually(waiting, timeout=DROP_WAIT_SECONDS, what="the confirmation waiting for its drop")
+    assert not smtp.to(customer["email"], "reservation_confirmed")
+    await bus.publish(Envelope.wrap(DropCreated(drop=drop_snapshot(drop_id, store_id)), producer="catalog"))
+
+    sent = await wait_status(api, customer, "reservation_confirmed", "SENT")
+    assert sent["attempts"] >= 2 and sent["last_error"] is None
+    [msg] = smtp.to(customer["email"], "reservation_confirmed")
+    body = plain(msg)
+    assert "Mitte Flagship, Torstr. 1, 10119 Berlin" in body and "Kicks & Co" in body
+    assert "Fri 14 Mar 2031, 15:30 UTC – 16:00 UTC" in body
+    html = msg.get_body(("html",)).get_content()
+    assert "Mitte Flagship" in html and "Torstr. 1, 10119 Berlin" in html
+    [image] = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert image.get_payload(decode=True) == qr_png(token)
+
+
+async def test_a_confirmation_whose_drop_never_comes_goes_out_without_the_branch_after_the_wait(
+    api, bus, smtp, customer, notif_system
+):
+    drop_id, store_id = uuid.uuid4(), uuid.uuid4()
+    token = f"ck.{uuid.uuid4().hex}.signature"
+    await bus.publish(confirmed(customer["id"], drop_id=drop_id, store_id=store_id, token=token))
+
+    sent = await wait_status(api, customer, "reservation_confirmed", "SENT", wait=DROP_WAIT_SECONDS + 30)
+    created, sent_at = (datetime.fromisoformat(sent[k].replace("Z", "+00:00")) for k in ("created_at", "sent_at"))
+    assert sent_at - created >= timedelta(seconds=DROP_WAIT_SECONDS)  # it did wait, for the bound
+    assert sent["attempts"] >= 2 and sent["last_error"] is None
+    [msg] = smtp.to(customer["email"], "reservation_confirmed")  # once
+    body = plain(msg)
+    assert "Spring Sneaker Drop" in msg["Subject"]  # what the reservation event itself carries
+    assert "Fri 14 Mar 2031, 15:30 UTC – 16:00 UTC" in body
+    assert "Pickup:" not in body and "Store:" not in body
+    [image] = [p for p in msg.walk() if p.get_content_type() == "image/png"]
+    assert image.get_payload(decode=True) == qr_png(token)
+    log = (Path(notif_system.log_dir) / "notifications.log").read_text()
+    assert f"drop {drop_id} still not known" in log and sent["id"] in log
 
 
 async def test_waitlist_offer_reaches_every_channel_with_its_deadline(api, bus, smtp, receiver, customer):
@@ -260,8 +315,10 @@ async def test_preferences_decide_the_channels(api, bus, smtp, receiver, custome
     assert r.status_code == 200 and r.json()["phone"] == phone
 
     drop_id, store_id = uuid.uuid4(), uuid.uuid4()
+    await bus.publish(Envelope.wrap(DropCreated(drop=drop_snapshot(drop_id, store_id)), producer="catalog"))
     await bus.publish(confirmed(customer["id"], drop_id=drop_id, store_id=store_id, token="ck.prefs.sig"))
     await eventually(lambda: _has(receiver.to("sms", phone)), timeout=30, what="the SMS")
+    assert "at Mitte Flagship" in receiver.to("sms", phone)[0]["text"]  # the drop's branch, by SMS too
     await wait_status(api, customer, "reservation_confirmed", "SENT", channel="sms")
     items = await my_notifications(api, customer, template="reservation_confirmed")
     assert [n["channel"] for n in items] == ["sms"]

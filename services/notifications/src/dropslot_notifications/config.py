@@ -70,6 +70,10 @@ class Settings(KitSettings):
     notifications_max_attempts: int = 12
     # How long an email waits for its recipient's contact (identity events may lag booking's).
     notifications_contact_wait_seconds: float = 900.0
+    # How long a reservation message (confirmed, expired, cancelled) whose drop is not in the local
+    # copy yet waits for catalog's event (pickup branch, store, time zone), counted from when it
+    # was written; re-checked at each retry. Then it goes out without them (and a warning says so).
+    notifications_drop_wait_seconds: float = 30.0
 
     @property
     def smtp_catcher_enabled(self) -> bool:

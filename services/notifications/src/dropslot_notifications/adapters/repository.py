@@ -334,14 +334,23 @@ def _ts(value: Any) -> datetime | None:
 async def drop_info(conn: AsyncConnection, drop_id: uuid.UUID | str | None) -> DropInfo | None:
     if drop_id is None:
         return None
-    r = (await conn.execute(text("""
-        SELECT d.name, d.product_name, COALESCE(d.store_name, s.name) AS store_name, d.branches
-        FROM drops d LEFT JOIN stores s ON s.store_id = d.store_id WHERE d.drop_id = :d
-    """), {"d": uuid.UUID(str(drop_id))})).first()
-    if r is None:
-        return None
-    branches = r.branches if isinstance(r.branches, list) else json.loads(r.branches or "[]")
-    return DropInfo(r.name, r.product_name, r.store_name, branches)
+    return (await drops_info(conn, [drop_id])).get(str(uuid.UUID(str(drop_id))))
+
+
+async def drops_info(conn: AsyncConnection, drop_ids: Iterable[uuid.UUID | str]) -> dict[str, DropInfo]:
+    """The drops of the local copy among these, keyed by the drop id as text."""
+    ids = list({uuid.UUID(str(d)) for d in drop_ids})
+    if not ids:
+        return {}
+    rows = await conn.execute(text("""
+        SELECT d.drop_id, d.name, d.product_name, COALESCE(d.store_name, s.name) AS store_name, d.branches
+        FROM drops d LEFT JOIN stores s ON s.store_id = d.store_id WHERE d.drop_id = ANY(:ids)
+    """), {"ids": ids})
+    out = {}
+    for r in rows:
+        branches = r.branches if isinstance(r.branches, list) else json.loads(r.branches or "[]")
+        out[str(r.drop_id)] = DropInfo(r.name, r.product_name, r.store_name, branches)
+    return out
 
 
 async def store_name(conn: AsyncConnection, store_id: uuid.UUID | str) -> str | None:

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
-from .model import Intent
+from .model import TEMPLATES, Intent
+
+# Payload key of a reservation message written while the local copy of its drop did not exist
+# yet (catalog's events travel in another queue): the drop's id, so the sender can look the
+# drop up again when it sends (see `with_drop`).
+AWAITING_DROP = "awaiting_drop"
 
 CANCEL_REASONS = {
     "customer": "as you asked",
@@ -56,22 +61,31 @@ def _tz(branches: list[dict[str, Any]]) -> str | None:
     return next((b["timezone"] for b in branches if b.get("timezone")), None)
 
 
+def _described(drop_name: str | None, product_name: str | None, store_name: str | None,
+               branches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The part of a reservation view that the drop can supply."""
+    return {
+        "title": drop_name or product_name or "your reservation",
+        "drop_name": drop_name,
+        "product_name": product_name,
+        "store_name": store_name,
+        "branches": branches,
+        "tz": _tz(branches),
+    }
+
+
 def reservation_view(snap: dict[str, Any], drop: DropInfo | None, base_url: str) -> dict[str, Any]:
     drop = drop or DropInfo()
     rid = str(snap["reservation_id"])
     drop_id = snap.get("drop_id")
-    drop_name = snap.get("drop_name") or drop.name
-    product_name = snap.get("product_name") or drop.product_name
     base = base_url.rstrip("/")
     branches = _branches(snap.get("branches") if snap.get("branches") is not None else drop.branches)
     return {
         "id": rid,
         "state": snap.get("state"),
         "drop_id": str(drop_id) if drop_id else None,
-        "title": drop_name or product_name or "your reservation",
-        "drop_name": drop_name,
-        "product_name": product_name,
-        "store_name": snap.get("store_name") or drop.store_name,
+        **_described(snap.get("drop_name") or drop.name, snap.get("product_name") or drop.product_name,
+                     snap.get("store_name") or drop.store_name, branches),
         "slot_start": snap.get("slot_start"),
         "slot_end": snap.get("slot_end"),
         "amount_cents": snap.get("amount_cents") or 0,
@@ -80,8 +94,6 @@ def reservation_view(snap: dict[str, Any], drop: DropInfo | None, base_url: str)
         "expires_at": snap.get("expires_at"),
         "qr_code_url": _absolute(base_url, snap.get("qr_code_url")),
         "checkin_token": snap.get("checkin_token"),
-        "branches": branches,
-        "tz": _tz(branches),
         "url": f"{base}/reservations/{rid}",
         "drop_url": f"{base}/drops/{drop_id}" if drop_id else base,
     }
@@ -168,7 +180,19 @@ def reservation_intent(
     dedupe: str | None, extra: dict[str, Any] | None = None,
 ) -> Intent:
     payload = {"reservation": reservation_view(snap, drop, base_url), **(extra or {})}
+    if drop is None and snap.get("drop_id") and TEMPLATES[template].waits_for_drop:
+        payload[AWAITING_DROP] = str(snap["drop_id"])
     return Intent(uuid.UUID(str(snap["user_id"])), template, payload, dedupe_key=dedupe)
+
+
+def with_drop(payload: dict[str, Any], drop: DropInfo) -> dict[str, Any]:
+    """A reservation message's payload written before its drop was known, completed from the
+    local copy of the drop found at send time (what the reservation event carried still wins)."""
+    view = payload["reservation"]
+    described = _described(view.get("drop_name") or drop.name, view.get("product_name") or drop.product_name,
+                           view.get("store_name") or drop.store_name,
+                           view.get("branches") or _branches(drop.branches))
+    return {**payload, "reservation": {**view, **described}}
 
 
 def cancellation(reason: str, refund: bool) -> dict[str, Any]:

@@ -36,6 +36,10 @@ class TemplateSpec:
     priority: int = 0
     # The email embeds the check-in QR code (rendered from payload["checkin_token"]).
     qr: bool = False
+    # A message about a reservation whose drop is not in the local copy yet (catalog's events
+    # travel in another queue) waits for it, up to `notifications_drop_wait_seconds`: the drop
+    # gives the pickup branch, the store and the time zone. Then it goes out without them.
+    waits_for_drop: bool = False
 
 
 _CUSTOMER = ALL_CHANNELS
@@ -49,11 +53,12 @@ TEMPLATES: dict[str, TemplateSpec] = {
         # Operational mail to a store's owners: by email whatever their preferences, like account
         # mail (a store's integration silently stopping is not something to opt out of).
         TemplateSpec("webhook_endpoint_disabled", (Channel.EMAIL,), account=True, priority=4),
-        TemplateSpec("reservation_confirmed", _CUSTOMER, priority=3, qr=True),
+        TemplateSpec("reservation_confirmed", _CUSTOMER, priority=3, qr=True, waits_for_drop=True),
         TemplateSpec("payment_failed", _CUSTOMER, priority=4),
+        # Due within minutes: on time in UTC beats late with the branch, so it does not wait.
         TemplateSpec("hold_expiring", _CUSTOMER, priority=8),
-        TemplateSpec("reservation_expired", _CUSTOMER, priority=2),
-        TemplateSpec("reservation_cancelled", _CUSTOMER, priority=2),
+        TemplateSpec("reservation_expired", _CUSTOMER, priority=2, waits_for_drop=True),
+        TemplateSpec("reservation_cancelled", _CUSTOMER, priority=2, waits_for_drop=True),
         TemplateSpec("refund_issued", _CUSTOMER, priority=1),
         TemplateSpec("waitlist_joined", _CUSTOMER, priority=1),
         TemplateSpec("waitlist_offer", _CUSTOMER, priority=10),

@@ -10,6 +10,12 @@ Outcomes: delivered -> SENT; a transient failure -> PENDING again after a jitter
 exponential backoff (until `max_attempts`, then FAILED); a permanent failure (template error,
 5xx SMTP reply, invalid address, a provider's 4xx) -> FAILED at once. The error is kept in
 `last_error` either way.
+
+Waiting for data from other queues: an email whose recipient's contact is not known yet is
+retried (up to `contact_wait_seconds`, then FAILED); a reservation message written before its
+drop was known (`messages.AWAITING_DROP`) looks the drop up again each time it is claimed, and
+is retried until it is there or `drop_wait_seconds` have passed since the row was written, then
+sent without the drop's details. Both go through the same lease and fenced outcome as any retry.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 from dropslot_contracts.events.notifications import NotificationFailed, NotificationSent
@@ -31,6 +38,7 @@ from prometheus_client import Counter, Histogram
 from ..adapters import repository as repo
 from ..adapters.channels import Transport
 from ..config import Settings
+from ..domain import messages as msgs
 from ..domain.failures import DeliveryFailure, PermanentFailure, TransientFailure
 from ..domain.model import Channel, retry_delay
 from ..rendering import Renderer
@@ -107,23 +115,28 @@ class Sender:
             claimed = await repo.claim_due(uow.conn, s.notifications_send_batch, s.notifications_lease_seconds)
         if not claimed:
             return 0
+        awaited = [d for n in claimed if (d := n.payload.get(msgs.AWAITING_DROP))]
         async with self.db.engine.connect() as conn:
             contacts = await repo.contacts_for(conn, [n.user_id for n in claimed])
-        outcomes = await asyncio.gather(*(self._guarded(n, contacts) for n in claimed))
+            drops = await repo.drops_info(conn, awaited)
+        outcomes = await asyncio.gather(*(self._guarded(n, contacts, drops) for n in claimed))
         async with self.db.uow() as uow:
             for n, outcome in zip(claimed, outcomes, strict=True):
                 await self._record(uow, n, outcome)
         return len(claimed)
 
-    async def _guarded(self, n: repo.Claimed, contacts: dict[uuid.UUID, repo.Contact]) -> Outcome:
+    async def _guarded(self, n: repo.Claimed, contacts: dict[uuid.UUID, repo.Contact],
+                       drops: dict[str, msgs.DropInfo]) -> Outcome:
         async with self._sem:
             try:
-                return await self.deliver(n, contacts.get(n.user_id))
+                return await self.deliver(n, contacts.get(n.user_id), drops)
             except Exception as exc:  # a bug here must not take the batch down: retry later
                 log.exception("unexpected error delivering notification %s", n.id)
                 return self._retry_or_give_up(n, TransientFailure(f"internal error: {type(exc).__name__}: {exc}"))
 
-    async def deliver(self, n: repo.Claimed, contact: repo.Contact | None) -> Outcome:
+    async def deliver(self, n: repo.Claimed, contact: repo.Contact | None,
+                      drops: dict[str, msgs.DropInfo] | None = None) -> Outcome:
+        """`drops`: the local copy of the drops that claimed rows await (see `_with_drop`)."""
         s = self.settings
         if contact is not None and contact.status == "deleted":
             return Outcome("failed", "the recipient's account is deleted")
@@ -141,8 +154,11 @@ class Sender:
         transport = self.transports.get(n.channel)
         if transport is None:
             return Outcome("failed", f"channel {n.channel} is not configured", recipient)
+        payload, waiting = self._with_drop(n, drops or {})
+        if waiting is not None:
+            return waiting
         context = {
-            **n.payload,
+            **payload,
             "user": {"name": contact.name if contact else None, "email": contact.email if contact else None},
             "base_url": s.public_base_url.rstrip("/"),
             "notification_id": str(n.id),
@@ -159,6 +175,32 @@ class Sender:
             out = self._retry_or_give_up(n, exc)
             return Outcome(out.kind, out.error, recipient, rendered.subject, out.delay)
         return Outcome("sent", None, recipient, rendered.subject)
+
+    def _with_drop(self, n: repo.Claimed, drops: dict[str, msgs.DropInfo]) -> tuple[dict[str, Any], Outcome | None]:
+        """The payload to render, or a retry while the drop it awaits may still come.
+
+        Only rows written while their drop was unknown await one. Found now: the drop's part of
+        the message (branch, store, time zone) is filled in from the local copy. Not found: retried
+        with the usual backoff, never past the bound, so the last look is at the bound; after it
+        the message goes out as written, without them. This never fails a message."""
+        drop_id = n.payload.get(msgs.AWAITING_DROP)
+        if drop_id is None:
+            return n.payload, None
+        drop = drops.get(str(drop_id))
+        if drop is not None:
+            return msgs.with_drop(n.payload, drop), None
+        s = self.settings
+        age = (datetime.now(UTC) - n.created_at).total_seconds()
+        remaining = s.notifications_drop_wait_seconds - age
+        if remaining > 0:
+            delay = retry_delay(n.attempts, base=s.notifications_retry_base_seconds,
+                                cap=s.notifications_retry_max_seconds)
+            # Catalog's events travel in another queue: the drop may simply not be here yet.
+            return n.payload, Outcome("retry", f"waiting for the details of drop {drop_id} (not known yet)",
+                                      delay=min(delay, remaining))
+        log.warning("notification %s (%s/%s): drop %s still not known after %.1fs; sending it without the "
+                    "drop's details (branch, store, time zone)", n.id, n.template, n.channel, drop_id, age)
+        return n.payload, None
 
     def _retry_or_give_up(self, n: repo.Claimed, exc: DeliveryFailure) -> Outcome:
         s = self.settings
