@@ -4,12 +4,13 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 PY := .venv/bin/python
 BOOKING_REPLICAS ?= 2
 
-.PHONY: dev test test-unit test-e2e lint typecheck bench migrate bootstrap admin up down install snapshots clean help
+.PHONY: dev test test-unit test-e2e lint typecheck bench bench-tokens migrate bootstrap admin up down install snapshots clean help
 
 help:
 	@echo "make dev      - install, migrate and run every service behind the gateway on :8000"
 	@echo "make test     - every test (unit, integration, end-to-end) against real PostgreSQL/RabbitMQ/Redis"
 	@echo "make bench    - the drop-storm benchmark (bench/README.md)"
+	@echo "make bench-tokens - what checking an access token costs, per signing algorithm"
 	@echo "make admin EMAIL=... PASSWORD=...  - create a platform admin"
 	@echo "make lint | typecheck | migrate | snapshots | up (docker compose) | down"
 
@@ -57,6 +58,9 @@ admin: install
 
 bench: install
 	$(PY) bench/drop_storm.py $(BENCH_ARGS)
+
+bench-tokens: install
+	$(PY) bench/token_check.py
 
 up:
 	docker compose up --build

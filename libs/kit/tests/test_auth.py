@@ -186,46 +186,25 @@ async def test_es256_tokens_are_accepted_and_an_algorithm_must_match_its_key(key
         await v.verify(_b64(b'{"alg":"ES256","kid":"%s"}' % signer.kid.encode()) + f".{body}.{sig}")
 
 
-class _RS256Signer(TestSigner):
-    """An RSA key, as identity makes by default."""
-
-    def __init__(self, bits: int = 2048) -> None:
-        from cryptography.hazmat.primitives.asymmetric import rsa
-
-        super().__init__()
-        self.key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-
-    def jwk(self) -> dict:
-        import json
-
-        data = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(self.key.public_key()))
-        return {**data, "kid": self.kid, "alg": "RS256", "use": "sig"}
-
-    def rs256(self, **claims) -> str:
-        now = int(time.time())
-        payload = {"sub": str(uuid.uuid4()), "iss": "dropslot-identity", "aud": "dropslot", "iat": now,
-                   "exp": now + 300, "typ": "access", **claims}
-        return jwt.encode(payload, self.key, algorithm="RS256", headers={"kid": self.kid})
-
-
 @pytest.mark.filterwarnings("ignore:The RSA key is 1024 bits")  # on purpose: such a key must verify nothing
 async def test_rs256_tokens_are_accepted_and_forgeries_refused(keys):
     signer, server = keys
-    rsa_signer, other, short = _RS256Signer(), _RS256Signer(), _RS256Signer(bits=1024)
+    rsa_signer, other = TestSigner(algorithm="RS256"), TestSigner(algorithm="RS256")
+    short = TestSigner(algorithm="RS256", bits=1024)
     server.signers += [rsa_signer, short]
     v = verifier(server.url)
     user = uuid.uuid4()
-    assert (await v.verify(rsa_signer.rs256(sub=str(user)))).user_id == user
+    assert (await v.verify(rsa_signer.token(user))).user_id == user
     # Another RSA key's signature under our kid; a payload altered under the real signature.
     other.kid = rsa_signer.kid
     with pytest.raises(InvalidToken, match="signature"):
-        await v.verify(other.rs256())
-    head, _, sig = rsa_signer.rs256().split(".")
-    body = rsa_signer.rs256(roles=[{"code": "platform_admin", "store_id": None}]).split(".")[1]
+        await v.verify(other.token())
+    head, _, sig = rsa_signer.token().split(".")
+    body = rsa_signer.token(roles=[{"code": "platform_admin", "store_id": None}]).split(".")[1]
     with pytest.raises(InvalidToken, match="signature"):
         await v.verify(f"{head}.{body}.{sig}")
     # The RSA key's kid with a header claiming EdDSA, and an Ed25519 kid claiming RS256.
-    head, body, sig = rsa_signer.rs256().split(".")
+    head, body, sig = rsa_signer.token().split(".")
     with pytest.raises(InvalidToken, match="does not match"):
         await v.verify(_b64(b'{"alg":"EdDSA","kid":"%s"}' % rsa_signer.kid.encode()) + f".{body}.{sig}")
     head, body, sig = signer.token().split(".")
@@ -233,7 +212,7 @@ async def test_rs256_tokens_are_accepted_and_forgeries_refused(keys):
         await v.verify(_b64(b'{"alg":"RS256","kid":"%s"}' % signer.kid.encode()) + f".{body}.{sig}")
     # A published key shorter than 2048 bits verifies nothing, even its own good signatures.
     with pytest.raises(InvalidToken, match="signature"):
-        await v.verify(short.rs256())
+        await v.verify(short.token())
 
 
 PROOF_KEY = "k" * 40

@@ -9,19 +9,30 @@ from typing import Any
 
 import jwt
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 
 class TestSigner:
+    """A signing key like identity's: Ed25519 (EdDSA) by default, or RSA (RS256, `bits` long)."""
+
     __test__ = False  # not a pytest class
 
-    def __init__(self, kid: str | None = None):
+    def __init__(self, kid: str | None = None, *, algorithm: str = "EdDSA", bits: int = 2048):
         self.kid = kid or uuid.uuid4().hex[:12]
-        self.key = Ed25519PrivateKey.generate()
+        self.algorithm = algorithm
+        self.key: Any
+        if algorithm == "EdDSA":
+            self.key = Ed25519PrivateKey.generate()
+        elif algorithm == "RS256":
+            self.key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        else:
+            raise ValueError(f"unsupported algorithm {algorithm!r}")
 
     def jwk(self) -> dict[str, Any]:
-        data = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(self.key.public_key()))
-        return {**data, "kid": self.kid, "alg": "EdDSA", "use": "sig"}
+        kind = jwt.algorithms.OKPAlgorithm if self.algorithm == "EdDSA" else jwt.algorithms.RSAAlgorithm
+        data = json.loads(kind.to_jwk(self.key.public_key()))
+        return {**data, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
 
     def token(self, sub: uuid.UUID | None = None, *, roles: list[dict[str, Any]] | None = None, ttl: int = 300,
               issuer: str = "dropslot-identity", audience: str = "dropslot", **claims: Any) -> str:
@@ -31,7 +42,7 @@ class TestSigner:
             "typ": "access", "roles": roles if roles is not None else [{"code": "customer", "store_id": None}],
             **claims,
         }
-        return jwt.encode(payload, self.key, algorithm="EdDSA", headers={"kid": self.kid})
+        return jwt.encode(payload, self.key, algorithm=self.algorithm, headers={"kid": self.kid})
 
 
 class JwksServer:
