@@ -245,7 +245,8 @@ class JWKSVerifier:
         if not isinstance(key, _KEY_TYPES[alg]):
             raise InvalidToken("token algorithm does not match its key")
         signed = f"{parts[0]}.{parts[1]}".encode("ascii")
-        if alg == "RS256":
+        # The key's type matches `alg` (checked just above): branch on it, so each is typed.
+        if isinstance(key, RSAPublicKey):
             try:
                 if key.key_size < RSA_MIN_BITS:
                     raise InvalidSignature
@@ -253,7 +254,7 @@ class JWKSVerifier:
                 good = True
             except (InvalidSignature, ValueError, TypeError):
                 good = False
-        elif alg == "EdDSA":
+        elif isinstance(key, Ed25519PublicKey):
             try:
                 self._sodium_key(kid, key).verify(signed, signature)
                 good = True

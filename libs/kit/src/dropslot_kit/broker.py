@@ -330,6 +330,8 @@ class Messaging:
     async def _start_consumer(self, consumer: Consumer) -> None:
         qname = self.queue_name(consumer)
         connection = self.broker._connection  # noqa: SLF001  (no public accessor in FastStream 0.7)
+        if connection is None:
+            raise ConnectionError("not connected to the broker")
         channel = await connection.channel()  # robust: re-opened, with its QoS and consumer, after a reconnect
         await channel.set_qos(prefetch_count=consumer.prefetch or self.settings.prefetch)
         queue = await channel.declare_queue(qname, passive=True)
@@ -645,6 +647,8 @@ class Messaging:
         # A short-lived channel each time: a kept one can be left half-open by a cancelled
         # check during an outage and then report "detached" forever.
         connection = self.broker._connection  # noqa: SLF001  (no public accessor in FastStream 0.7)
+        if connection is None:
+            raise ConnectionError("not connected to the broker")
         channel = await connection.channel()
         try:
             return await channel.declare_queue(qname, passive=True)
