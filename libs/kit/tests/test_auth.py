@@ -149,41 +149,23 @@ async def test_remembered_tokens_are_bounded(keys):
     assert list(v._verified) == tokens[2:]
 
 
-class _ES256Signer(TestSigner):
-    """A P-256 key published beside the Ed25519 ones (identity signs with RS256 or EdDSA; ES256 is accepted)."""
-
-    def __init__(self) -> None:
-        from cryptography.hazmat.primitives.asymmetric import ec
-
-        super().__init__()
-        self.key = ec.generate_private_key(ec.SECP256R1())
-
-    def jwk(self) -> dict:
-        import json
-
-        data = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self.key.public_key()))
-        return {**data, "kid": self.kid, "alg": "ES256", "use": "sig"}
-
-    def es256(self, **claims) -> str:
-        now = int(time.time())
-        payload = {"sub": str(uuid.uuid4()), "iss": "dropslot-identity", "aud": "dropslot", "iat": now,
-                   "exp": now + 300, **claims}
-        return jwt.encode(payload, self.key, algorithm="ES256", headers={"kid": self.kid})
+def _claiming(alg: str, signer: TestSigner) -> str:
+    """One of the signer's good tokens whose header names `alg` under the signer's kid."""
+    _, body, sig = signer.token().split(".")
+    return _b64(b'{"alg":"%s","kid":"%s"}' % (alg.encode(), signer.kid.encode())) + f".{body}.{sig}"
 
 
 async def test_es256_tokens_are_accepted_and_an_algorithm_must_match_its_key(keys):
     signer, server = keys
-    ec_signer = _ES256Signer()
+    ec_signer = TestSigner(algorithm="ES256")
     server.signers.append(ec_signer)
     v = verifier(server.url)
-    assert (await v.verify(ec_signer.es256())).user_id
+    assert (await v.verify(ec_signer.token())).user_id
     # The EC key's kid with a header claiming EdDSA (and the other way round) is refused.
-    head, body, sig = ec_signer.es256().split(".")
     with pytest.raises(InvalidToken, match="does not match"):
-        await v.verify(_b64(b'{"alg":"EdDSA","kid":"%s"}' % ec_signer.kid.encode()) + f".{body}.{sig}")
-    head, body, sig = signer.token().split(".")
+        await v.verify(_claiming("EdDSA", ec_signer))
     with pytest.raises(InvalidToken, match="does not match"):
-        await v.verify(_b64(b'{"alg":"ES256","kid":"%s"}' % signer.kid.encode()) + f".{body}.{sig}")
+        await v.verify(_claiming("ES256", signer))
 
 
 @pytest.mark.filterwarnings("ignore:The RSA key is 1024 bits")  # on purpose: such a key must verify nothing
@@ -204,12 +186,10 @@ async def test_rs256_tokens_are_accepted_and_forgeries_refused(keys):
     with pytest.raises(InvalidToken, match="signature"):
         await v.verify(f"{head}.{body}.{sig}")
     # The RSA key's kid with a header claiming EdDSA, and an Ed25519 kid claiming RS256.
-    head, body, sig = rsa_signer.token().split(".")
     with pytest.raises(InvalidToken, match="does not match"):
-        await v.verify(_b64(b'{"alg":"EdDSA","kid":"%s"}' % rsa_signer.kid.encode()) + f".{body}.{sig}")
-    head, body, sig = signer.token().split(".")
+        await v.verify(_claiming("EdDSA", rsa_signer))
     with pytest.raises(InvalidToken, match="does not match"):
-        await v.verify(_b64(b'{"alg":"RS256","kid":"%s"}' % signer.kid.encode()) + f".{body}.{sig}")
+        await v.verify(_claiming("RS256", signer))
     # A published key shorter than 2048 bits verifies nothing, even its own good signatures.
     with pytest.raises(InvalidToken, match="signature"):
         await v.verify(short.token())

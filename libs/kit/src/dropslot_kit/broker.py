@@ -460,9 +460,7 @@ class Messaging:
             log.error("poison message on %s (not an envelope): %s", qname, exc)
             await self._dead_letter(consumer, qname, raw, headers, f"not an envelope: {exc}")
             return
-        if len(envs) == 1:  # its body, array or not, is what a retry sends on
-            await self._handle_one(consumer, qname, envs[0], headers, raw)
-            return
+        whole = True  # the message's body is exactly the events to handle
         if consumer.wants is not None:
             # Events the handler does not want are acknowledged with the message, here, before a
             # task is made for each (payments and a free drop's storm of reservations).
@@ -470,23 +468,23 @@ class Messaging:
             if len(wanted) < len(envs):
                 telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(
                     len(envs) - len(wanted))
-            envs = wanted
-            if not envs:
-                return
+                envs, whole = wanted, False
+                if not envs:
+                    return
+        if len(envs) == 1 and whole:  # its body, array or not, is what a retry sends on
+            await self._handle_one(consumer, qname, envs[0], headers, raw)
+            return
         # Several events in one message (the outbox relay's): each is handled, and retried or
         # dead-lettered, on its own; together they still share the consumer's transactions.
         headers.pop(EVENTS_HEADER, None)
-        results = await asyncio.gather(*(self._handle_one(consumer, qname, env, headers, None, checked=True)
-                                         for env in envs), return_exceptions=True)
+        results = await asyncio.gather(*(self._handle_one(consumer, qname, env, headers, None) for env in envs),
+                                       return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException):
                 raise result  # not even the retry queue took one: the whole message goes back
 
     async def _handle_one(self, consumer: Consumer, qname: str, env: Envelope, headers: dict[str, Any],
-                          raw: bytes | None, *, checked: bool = False) -> None:
-        if not checked and consumer.wants is not None and not _wanted(consumer, env):
-            telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc()
-            return
+                          raw: bytes | None) -> None:
         # The relay's publish span (message header) is the nearest parent; the envelope's own
         # trace context (the request that emitted it) is the fallback, e.g. for a hand-made
         # publish or a replay from the dead-letter queue that lost its headers.

@@ -9,12 +9,16 @@ from typing import Any
 
 import jwt
 from aiohttp import web
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+_JWK_KINDS: dict[str, Any] = {"EdDSA": jwt.algorithms.OKPAlgorithm, "RS256": jwt.algorithms.RSAAlgorithm,
+                              "ES256": jwt.algorithms.ECAlgorithm}
 
 
 class TestSigner:
-    """A signing key like identity's: Ed25519 (EdDSA) by default, or RSA (RS256, `bits` long)."""
+    """A signing key like identity's: Ed25519 (EdDSA) by default, RSA (RS256, `bits` long), or
+    P-256 (ES256, which the kit's verifier also accepts)."""
 
     __test__ = False  # not a pytest class
 
@@ -26,11 +30,13 @@ class TestSigner:
             self.key = Ed25519PrivateKey.generate()
         elif algorithm == "RS256":
             self.key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+        elif algorithm == "ES256":
+            self.key = ec.generate_private_key(ec.SECP256R1())
         else:
             raise ValueError(f"unsupported algorithm {algorithm!r}")
 
     def jwk(self) -> dict[str, Any]:
-        kind = jwt.algorithms.OKPAlgorithm if self.algorithm == "EdDSA" else jwt.algorithms.RSAAlgorithm
+        kind = _JWK_KINDS[self.algorithm]
         data = json.loads(kind.to_jwk(self.key.public_key()))
         return {**data, "kid": self.kid, "alg": self.algorithm, "use": "sig"}
 

@@ -193,21 +193,21 @@ class Sender:
         age = (datetime.now(UTC) - n.created_at).total_seconds()
         remaining = s.notifications_drop_wait_seconds - age
         if remaining > 0:
-            delay = retry_delay(n.attempts, base=s.notifications_retry_base_seconds,
-                                cap=s.notifications_retry_max_seconds)
             # Catalog's events travel in another queue: the drop may simply not be here yet.
             return n.payload, Outcome("retry", f"waiting for the details of drop {drop_id} (not known yet)",
-                                      delay=min(delay, remaining))
+                                      delay=min(self._backoff(n), remaining))
         log.warning("notification %s (%s/%s): drop %s still not known after %.1fs; sending it without the "
                     "drop's details (branch, store, time zone)", n.id, n.template, n.channel, drop_id, age)
         return n.payload, None
 
-    def _retry_or_give_up(self, n: repo.Claimed, exc: DeliveryFailure) -> Outcome:
+    def _backoff(self, n: repo.Claimed) -> float:
         s = self.settings
-        if n.attempts >= s.notifications_max_attempts:
+        return retry_delay(n.attempts, base=s.notifications_retry_base_seconds, cap=s.notifications_retry_max_seconds)
+
+    def _retry_or_give_up(self, n: repo.Claimed, exc: DeliveryFailure) -> Outcome:
+        if n.attempts >= self.settings.notifications_max_attempts:
             return Outcome("failed", f"gave up after {n.attempts} attempts: {exc.reason}")
-        delay = retry_delay(n.attempts, base=s.notifications_retry_base_seconds, cap=s.notifications_retry_max_seconds)
-        return Outcome("retry", exc.reason, delay=delay)
+        return Outcome("retry", exc.reason, delay=self._backoff(n))
 
     async def _record(self, uow: UnitOfWork, n: repo.Claimed, o: Outcome) -> None:
         labels = (str(n.channel), n.template)
