@@ -253,3 +253,25 @@ async def test_without_keys_proofs_are_ignored_and_short_keys_are_refused(keys, 
     assert calls[0] == 1 and v.proof(token) is None
     with pytest.raises(ValueError, match="at least 32"):
         JWKSVerifier(server.url, issuer="i", audience="a", proof_keys=["change-me"])
+
+
+async def test_a_remembered_header_still_needs_each_tokens_signature(keys):
+    """The header segment of a verified token is remembered (its kid and alg); the next token
+    with that header is still checked in full, and a header nobody verified is not kept."""
+    signer, server = keys
+    v = verifier(server.url)
+    await v.verify(signer.token())
+    head = signer.token().split(".")[0]
+    assert list(v._headers) == [head]
+    # Same header, other tokens: an altered payload and another key's signature are refused.
+    with pytest.raises(InvalidToken):
+        await v.verify(_alter(signer.token()))
+    forged = TestSigner(kid=signer.kid).token()
+    assert forged.split(".")[0] == head
+    with pytest.raises(InvalidToken):
+        await v.verify(forged)
+    # A header whose token did not verify is never remembered.
+    with pytest.raises(InvalidToken):
+        await v.verify(_unsigned(signer, {"sub": "x"}))
+    assert list(v._headers) == [head]
+    assert (await v.verify(signer.token(uuid.UUID(int=7)))).user_id == uuid.UUID(int=7)

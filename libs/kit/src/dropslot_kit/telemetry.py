@@ -190,7 +190,10 @@ def tracer(name: str = "dropslot") -> trace.Tracer:
 
 def inject_headers(carrier: dict[str, str] | None = None) -> dict[str, str]:
     carrier = carrier if carrier is not None else {}
-    propagate.inject(carrier)
+    # Without our tracer provider every span is non-recording and nothing would be written:
+    # skip the propagators (booking builds two envelopes per reservation, each asking).
+    if _provider is not None:
+        propagate.inject(carrier)
     return carrier
 
 

@@ -8,21 +8,19 @@ correctness.
 
 from __future__ import annotations
 
-from dropslot_kit.app import ServiceRuntime, create_service_app
-from fastapi import FastAPI
-from starlette.middleware import Middleware
+from dropslot_kit.app import ServiceApp, ServiceRuntime, create_service_app
 
 from .adapters import keys
 from .adapters.hotpath import HotPath, SlotBatcher
 from .api import router
-from .api.fast import FastReserve
+from .api.fast import PATH, FastReserve
 from .config import Settings
 from .consumers import BookingHolder, build_consumers
 from .service import sweeper
 from .service.runtime import Booking, SlotCache
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None) -> ServiceApp:
     settings = settings or Settings()
     holder = BookingHolder()
 
@@ -62,6 +60,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         on_shutdown=on_shutdown,
     )
     if settings.booking_fast_reserve:
-        # Innermost user middleware: inside the kit's request context, before FastAPI's routing.
-        app.user_middleware.append(Middleware(FastReserve))
+        # Straight from uvicorn, inside the kit's request context, before FastAPI's layers.
+        app.add_direct_route("POST", PATH, FastReserve())
     return app

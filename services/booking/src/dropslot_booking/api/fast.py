@@ -3,8 +3,9 @@
 FastAPI's routing, dependency injection and response machinery cost about a millisecond of CPU
 per request here, more than the reservation itself. This handler does the same as the FastAPI
 route in routes.py (which stays for the OpenAPI document and as the fallback): same body rules,
-same problem+json answers, same token check (the kit's verifier, with the gateway's proof), same use case. It runs
-inside the kit's request-context middleware, so request ids, the actor and metrics still apply.
+same problem+json answers, same token check (the kit's verifier, with the gateway's proof), same use case. It is
+one of the kit's direct routes (`ServiceApp.add_direct_route`): reached straight from uvicorn, inside the kit's
+request context (request ids, the actor and metrics still apply), before any of FastAPI's layers.
 """
 
 from __future__ import annotations
@@ -76,13 +77,9 @@ def parse_body(raw: bytes) -> tuple[uuid.UUID, str | None]:
 
 
 class FastReserve:
-    def __init__(self, app: Any):
-        self.app = app
+    """The ASGI handler of `POST /api/v1/reservations` (only that method and path reach it)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
-            await self.app(scope, receive, send)
-            return
         scope["route"] = ROUTE
         extra_headers: list[tuple[bytes, bytes]] = []
         try:
