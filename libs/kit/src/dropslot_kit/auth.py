@@ -175,7 +175,7 @@ class JWKSVerifier:
         # Every token one key signs has the same header segment: its (kid, alg), remembered once a
         # token with it verified (so forgeries cannot fill it), spares a base64 + JSON decode per
         # first check (~5 % of the gateway's CPU in a storm of new tokens).
-        self._headers: dict[str, tuple[Any, Any]] = {}
+        self._headers: dict[str, tuple[str, str]] = {}
         if any(len(k) < PROOF_MIN_KEY_CHARS for k in proof_keys):
             raise ValueError(f"gateway proof keys must be at least {PROOF_MIN_KEY_CHARS} characters")
         self.proof_keys = tuple(proof_keys)
