@@ -10,12 +10,7 @@ from dropslot_kit import context, telemetry
 from dropslot_kit.app import ServiceApp
 
 
-class _Route:
-    path = "/api/v1/hot"
-
-
 async def _direct(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    scope["route"] = _Route()
     ctx = context.current()
     body = json.dumps({"by": "direct", "ip": ctx.actor.ip}).encode()
     await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]})

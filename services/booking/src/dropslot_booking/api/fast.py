@@ -10,7 +10,6 @@ request context (request ids, the actor and metrics still apply), before any of 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import uuid
@@ -32,12 +31,6 @@ MAX_NOTE = 500
 MAX_KEY = 255
 
 
-@dataclasses.dataclass(frozen=True)
-class _Route:
-    path: str = PATH
-
-
-ROUTE = _Route()
 UNAVAILABLE = (asyncpg.exceptions.TooManyConnectionsError, asyncpg.exceptions.ConnectionDoesNotExistError,
                asyncpg.exceptions.CannotConnectNowError, asyncpg.exceptions.InterfaceError, ConnectionError, OSError)
 
@@ -80,7 +73,6 @@ class FastReserve:
     """The ASGI handler of `POST /api/v1/reservations` (only that method and path reach it)."""
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        scope["route"] = ROUTE
         extra_headers: list[tuple[bytes, bytes]] = []
         try:
             status, body = await self._handle(scope, receive)
