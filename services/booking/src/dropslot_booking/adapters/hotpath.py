@@ -48,12 +48,6 @@ SELECT r_idx, r_outcome FROM booking.reserve_seats(
     $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
 """
 
-RESERVE_SLOTS = """
-SELECT o_group, o_idx, o_outcome FROM booking.reserve_slots(
-    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23,
-    $24, $25)
-"""
-
 
 @dataclass
 class Outbox:
@@ -111,24 +105,6 @@ def reserve_args(slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat]) -> li
         [s.currency for s in seats], [s.requires_payment for s in seats],
         ob_owner, ob_ids, ob_rks, ob_envs, ob_tps,
     ]
-
-
-def reserve_slots_args(now: datetime, groups: Sequence[tuple[uuid.UUID, Sequence[Seat]]]) -> list[Any]:
-    """`booking.reserve_slots`' arguments: each group's `reserve_args` arrays laid end to end,
-    with the range (1-based, inclusive) of its seats and of its outbox rows in them."""
-    columns: list[list[Any]] = [[] for _ in range(19)]  # 14 seat arrays, then 5 outbox arrays
-    seat_lo: list[int] = []
-    seat_hi: list[int] = []
-    ob_lo: list[int] = []
-    ob_hi: list[int] = []
-    for slot_id, seats in groups:
-        seat_lo.append(len(columns[0]) + 1)
-        ob_lo.append(len(columns[14]) + 1)
-        for col, values in zip(columns, reserve_args(slot_id, now, seats)[2:], strict=True):
-            col.extend(values)
-        seat_hi.append(len(columns[0]))
-        ob_hi.append(len(columns[14]))
-    return [[slot_id for slot_id, _ in groups], now, seat_lo, seat_hi, ob_lo, ob_hi, *columns]
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
@@ -192,26 +168,22 @@ class HotPath:
     async def reserve_groups(
         self, now: datetime, groups: Sequence[tuple[uuid.UUID, Sequence[Seat]]]
     ) -> list[list[str]]:
-        """Outcomes per group of seats, after the commit: ONE statement in autocommit (one round
-        trip, one commit, one outbox wake), however many slots. One slot is one call of
-        `reserve_seats`; several are one call of `reserve_slots`, which calls `reserve_seats`
-        for each in slot-id order: two replicas lock slot rows in the same order, so they cannot
-        deadlock over them."""
+        """Outcomes per group of seats, after the commit. One slot is one call of
+        `reserve_seats` in autocommit (one round trip, no BEGIN/COMMIT). Several slots go in ONE
+        transaction (one commit, one outbox wake), each slot's call in turn, in slot-id order:
+        two replicas lock slot rows in the same order, so they cannot deadlock over them."""
         assert self.pool is not None
         pool = self.pool
         order = sorted(range(len(groups)), key=lambda g: groups[g][0])
-        if len(groups) == 1:
-            query, args = RESERVE, reserve_args(groups[0][0], now, groups[0][1])
-        else:
-            query, args = RESERVE_SLOTS, reserve_slots_args(now, [groups[g] for g in order])
+        args = {g: reserve_args(groups[g][0], now, groups[g][1]) for g in order}
 
         async def run() -> dict[int, list[str]]:
-            rows = await pool.fetch(query, *args)
             if len(groups) == 1:
-                return {0: _outcomes(rows, len(groups[0][1]))}
-            results = {g: [""] * len(groups[g][1]) for g in order}
-            for r in rows:
-                results[order[r["o_group"] - 1]][r["o_idx"] - 1] = r["o_outcome"]
+                return {0: _outcomes(await pool.fetch(RESERVE, *args[0]), len(groups[0][1]))}
+            results: dict[int, list[str]] = {}
+            async with pool.acquire() as conn, conn.transaction():
+                for g in order:
+                    results[g] = _outcomes(await conn.fetch(RESERVE, *args[g]), len(groups[g][1]))
             return results
 
         for attempt in range(3):
