@@ -119,6 +119,29 @@ async def test_a_timed_out_connection_is_never_reused_for_the_next_request(raw):
     assert raw.connections == 2
 
 
+async def test_the_pools_own_deadline_times_out_a_request_and_retires_its_connection(raw):
+    pool = UpstreamPool(limit=1, connect_timeout=1, timeout=0.2)  # the watchdog looks every 10 ms
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await pool.request(raw.url, "GET", "/slow", [], b"")
+    assert 0.2 <= asyncio.get_running_loop().time() - started < 0.45  # not the 0.5 s answer
+    # With the one connection busy, a second request waits for it, and the wait counts too: it
+    # is sent ~0.15 s after its call, and times out 0.2 s after its call.
+    first = asyncio.create_task(pool.request(raw.url, "GET", "/slow", [], b""))
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(TimeoutError):
+        await pool.request(raw.url, "GET", "/slow", [], b"")
+    assert asyncio.get_running_loop().time() - started < 0.3
+    with pytest.raises(TimeoutError):
+        await first
+    await asyncio.sleep(0.6)  # the late answers arrive, on connections now closed
+    assert (await pool.request(raw.url, "GET", "/plain", [], b""))[2] == b"hello"
+    assert raw.connections == 4  # no timed-out connection was used again
+    assert pool._inflight == {}
+    pool.close()
+
+
 async def test_idle_connections_expire_and_the_limit_queues_requests(raw):
     pool = UpstreamPool(limit=2, connect_timeout=1, keepalive=0.2)
     await pool.request(raw.url, "GET", "/plain", [], b"")

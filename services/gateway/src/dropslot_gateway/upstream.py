@@ -9,8 +9,16 @@ bodies that end with the connection.
 
 Errors say whether anything reached the replica: `ConnectFailed` (nothing sent; the gateway
 tries the next replica whatever the method) versus `UpstreamBroken` (sent, then the connection
-broke or the answer was not HTTP; the gateway answers 502). A total timeout is the caller's
-(`asyncio.timeout`); a connection whose request timed out is closed, never reused.
+broke or the answer was not HTTP; the gateway answers 502).
+
+`timeout` bounds a request from its call to its answer (TimeoutError; opening a new connection
+is bounded by `connect_timeout`, and a failure there is `ConnectFailed`). It is not a timer per
+request: `asyncio.timeout` (a context manager, a timer handle, its reschedule and cancel) was
+~4 % of the gateway's CPU in a drop storm. Each request in flight is kept with its deadline and
+one watchdog task fails those past it, checking `timeout / 20` apart (at most every 0.5 s): a
+request may run over by that much. Only a wait for a free connection (every one in use) still
+takes an `asyncio.timeout` of its own. A caller may also cancel (its own timeout); either way a
+connection whose request timed out is closed, never reused.
 """
 
 from __future__ import annotations
@@ -100,6 +108,10 @@ class _Conn(asyncio.Protocol):
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result((self.parser.get_status_code(), self.headers, b"".join(self.body)))
 
+    def expire(self) -> None:
+        """The request on this connection ran past its deadline."""
+        self._fail(TimeoutError())
+
     def _fail(self, exc: Exception) -> None:
         self.reusable = False
         if self.transport is not None:
@@ -136,13 +148,25 @@ class _Replica:
 class UpstreamPool:
     """Keep-alive connections to the replicas of the services, at most `limit` per replica."""
 
-    def __init__(self, *, limit: int, connect_timeout: float, keepalive: float = 30.0):
+    def __init__(self, *, limit: int, connect_timeout: float, keepalive: float = 30.0, timeout: float | None = None):
         self.limit = limit
         self.connect_timeout = connect_timeout
         # Shorter than the services' own keep-alive (75 s, see the launcher and compose), so a
         # connection the service has just closed is never reused.
         self.keepalive = keepalive
+        self.timeout = timeout
         self._replicas: dict[str, _Replica] = {}
+        self._inflight: dict[_Conn, float] = {}  # connection -> its request's deadline (monotonic)
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def _watch(self, period: float) -> None:
+        while True:
+            await asyncio.sleep(period)
+            now = time.monotonic()
+            late = [conn for conn, deadline in self._inflight.items() if deadline <= now]
+            for conn in late:
+                self._inflight.pop(conn, None)
+                conn.expire()
 
     async def _acquire(self, replica: _Replica) -> _Conn:
         now = time.monotonic()
@@ -165,7 +189,17 @@ class UpstreamPool:
         replica = self._replicas.get(base_url)
         if replica is None:
             replica = self._replicas[base_url] = _Replica(base_url, self.limit)
-        async with replica.slots:
+        deadline: float | None = None
+        if self.timeout is not None:
+            deadline = time.monotonic() + self.timeout
+            if self._watchdog is None:
+                self._watchdog = asyncio.create_task(self._watch(max(0.005, min(0.5, self.timeout / 20))))
+        if deadline is not None and replica.slots.locked():  # every connection in use: wait, bounded
+            async with asyncio.timeout(self.timeout):
+                await replica.slots.acquire()
+        else:
+            await replica.slots.acquire()
+        try:
             conn = await self._acquire(replica)
             head = [f"{method} {target} HTTP/1.1\r\nhost: ".encode("latin-1"), replica.netloc, b"\r\n"]
             for name, value in headers:
@@ -173,13 +207,23 @@ class UpstreamPool:
             if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
                 head.append(b"content-length: %d\r\n" % len(body))
             head.append(b"\r\n")
-            answer = await conn.exchange(b"".join(head) + body, head_only=method == "HEAD")
+            if deadline is not None:
+                self._inflight[conn] = deadline
+            try:
+                answer = await conn.exchange(b"".join(head) + body, head_only=method == "HEAD")
+            finally:
+                self._inflight.pop(conn, None)
             if conn.reusable:
                 conn.idle_since = time.monotonic()
                 replica.idle.append(conn)
             return answer
+        finally:
+            replica.slots.release()
 
     def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            self._watchdog = None
         for replica in self._replicas.values():
             while replica.idle:
                 conn = replica.idle.pop()
