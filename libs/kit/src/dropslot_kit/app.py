@@ -104,10 +104,7 @@ class RequestContextMiddleware:
             route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             if path not in ("/health", "/ready", "/metrics"):
-                telemetry.HTTP_REQUESTS.labels(self.service, scope["method"], path, str(status)).inc()
-                telemetry.HTTP_LATENCY.labels(self.service, scope["method"], path).observe(
-                    time.perf_counter() - started
-                )
+                telemetry.record_request(self.service, scope["method"], path, status, time.perf_counter() - started)
 
 
 @dataclass(frozen=True)

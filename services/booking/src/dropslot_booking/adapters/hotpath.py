@@ -88,6 +88,15 @@ class Seat:
     outbox: list[Outbox] = field(default_factory=list)
 
 
+def events_in_order(seats: Sequence[Seat]) -> list[tuple[int, Outbox]]:
+    """(seat number from 1, event) for the seats' events: every seat's first event (created),
+    then every seat's second (confirmed). The outbox relay sends neighbouring events of one
+    routing key as one message, so a batch of reservations becomes two messages, not two per
+    reservation. Each reservation's own events keep their order."""
+    order = sorted((k, i) for i, seat in enumerate(seats, start=1) for k in range(len(seat.outbox)))
+    return [(i, seats[i - 1].outbox[k]) for k, i in order]
+
+
 def reserve_args(slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat], *, outbox: bool = True) -> list[Any]:
     """`reserve_seats`' arguments; with `outbox` False, no outbox rows (the caller writes them)."""
     ob_owner: list[int] = []
@@ -95,13 +104,7 @@ def reserve_args(slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat], *, ou
     ob_rks: list[str] = []
     ob_envs: list[str] = []
     ob_tps: list[str | None] = []
-    # Every seat's first event (created), then every seat's second (confirmed): the outbox
-    # relay sends neighbouring events of one routing key as one message, so a batch of
-    # reservations becomes two messages, not two per reservation. Each reservation's own
-    # events keep their order.
-    order = sorted((k, i) for i, seat in enumerate(seats, start=1) for k in range(len(seat.outbox))) if outbox else []
-    for k, i in order:
-        ob = seats[i - 1].outbox[k]
+    for i, ob in events_in_order(seats) if outbox else []:
         ob_owner.append(i)
         ob_ids.append(ob.id)
         ob_rks.append(ob.routing_key)
@@ -230,13 +233,10 @@ class HotPath:
 
 
 def _granted_outbox(groups: Sequence[tuple[Sequence[Seat], list[str]]]) -> list[list[Any]] | None:
-    """INSERT_OUTBOX's arrays for the seats granted ("ok"): every seat's first event, in group
-    and seat order, then every seat's second, ...; None if no seat was granted."""
+    """INSERT_OUTBOX's arrays for the events of the seats granted ("ok"), in group and seat order
+    as `events_in_order` lays them out; None if there are none."""
     granted = [seat for seats, outcomes in groups for seat, o in zip(seats, outcomes, strict=True) if o == "ok"]
-    if not granted:
-        return None
-    rows = [seat.outbox[k] for k in range(max(len(s.outbox) for s in granted)) for seat in granted
-            if k < len(seat.outbox)]
+    rows = [ob for _, ob in events_in_order(granted)]
     if not rows:
         return None
     return [[r.id for r in rows], [r.routing_key for r in rows], [r.envelope for r in rows],
