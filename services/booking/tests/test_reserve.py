@@ -42,6 +42,10 @@ async def test_free_drop_confirms_at_once_with_a_checkin_token(cluster: Cluster,
     assert created.data["reservation"]["state"] == "CONFIRMED" and confirmed.store_id == store["id"]
     assert confirmed.data["reservation"]["checkin_token"] == body["checkin_token"]
     assert created.actor.user_id == customer["id"] and created.tenant_key == store["tenant_key"]
+    # Two events of their own (ids, types), about the same reservation, by the same actor.
+    assert confirmed.id != created.id and confirmed.actor == created.actor
+    assert confirmed.tenant_key == created.tenant_key and confirmed.after == created.after
+    assert type(confirmed.typed()).__name__ == "ReservationConfirmed" and confirmed.data == created.data
 
 
 async def test_paid_drop_holds_the_seat_pending_payment(cluster: Cluster) -> None:
