@@ -44,4 +44,4 @@ ENV PATH="/app/.venv/bin:${PATH}"
 # Numeric, so Kubernetes' runAsNonRoot can verify it.
 USER 10001
 EXPOSE 8000
-CMD ["python", "-c", "raise SystemExit('choose a command: uvicorn dropslot_<service>.main:create_app --factory ..., python -m dropslot_kit.bootstrap, or python -m dropslot_kit.migrate <service>')"]
+CMD ["python", "-c", "raise SystemExit('choose a command: uvicorn dropslot_<service>.main:create_app --factory ..., python -m dropslot_gateway.server, python -m dropslot_kit.bootstrap, or python -m dropslot_kit.migrate <service>')"]

@@ -33,6 +33,7 @@ from dropslot_contracts import Envelope, TraceContext
 from dropslot_contracts.events.catalog import StoreUpdated
 from dropslot_gateway.config import Settings as GatewaySettings
 from dropslot_gateway.main import Gateway
+from dropslot_gateway.server import GatewayServer
 from dropslot_kit import context, telemetry
 from dropslot_kit.context import CallContext
 from dropslot_kit.db import Database, write_outbox
@@ -123,7 +124,8 @@ async def test_one_trace_from_the_gateway_request_to_the_consumer_of_its_event(s
         async with Served(app) as service:
             gw_settings = GatewaySettings(upstreams={"audit": [service.url]}, jwks_url=jwks.url,
                                           rate_limit_enabled=False, log_json=False)
-            async with Served(Gateway(gw_settings)) as gateway, httpx.AsyncClient(base_url=gateway.url) as http:
+            async with GatewayServer(Gateway(gw_settings), port=free_port()) as gateway, \
+                    httpx.AsyncClient(base_url=gateway.url) as http:
                 r = await http.post("/api/v1/audit-logs/_probe")
                 assert r.status_code == 201, r.text
                 event_id = r.json()["event_id"]

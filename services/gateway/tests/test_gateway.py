@@ -8,12 +8,12 @@ import uuid
 
 import httpx
 import pytest
-import uvicorn
 from aiohttp import web
 from dropslot_gateway.config import Settings
 from dropslot_gateway.main import Gateway
 from dropslot_gateway.ratelimit import RateLimiter
 from dropslot_gateway.routes import service_for
+from dropslot_gateway.server import GatewayServer
 from dropslot_kit.auth import gateway_proof
 from dropslot_kit.launcher import free_port
 from dropslot_kit.testkeys import JwksServer, TestSigner
@@ -76,18 +76,14 @@ async def gw(infra):
         gateway_proof_keys=[PROOF_KEY],
     )
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(Gateway(settings), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.05)
+    server = GatewayServer(Gateway(settings), "127.0.0.1", port)
+    await server.start()
     # A per-test client address keeps per-address budgets of different tests apart.
     client = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
                                headers={"X-Forwarded-For": f"198.51.100.{uuid.uuid4().int % 250}"})
-    yield {"client": client, "signer": signer, "b1": b1, "b2": b2, "ident": ident}
+    yield {"client": client, "signer": signer, "b1": b1, "b2": b2, "ident": ident, "port": port, "server": server}
     await client.aclose()
-    server.should_exit = True
-    await task
+    await server.stop()
     for u in (b1, b2, ident):
         await u.stop()
     await jwks.stop()

@@ -16,6 +16,7 @@ ANSWERS = {
     b"/head": b"HTTP/1.1 200 OK\r\ncontent-length: 1234\r\n\r\n",
     b"/empty": b"HTTP/1.1 204 No Content\r\n\r\n",
     b"/garbage": b"this is not http\r\n\r\n",
+    b"/interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal",
 }
 
 
@@ -78,9 +79,10 @@ async def test_keep_alive_reuse_and_framings(raw):
     assert (status, body) == (200, b"hello") and (b"x-thing", b"A") in headers  # names lowercased
     assert (await pool.request(raw.url, "GET", "/chunked", [], b""))[2] == b"abcdefg"
     assert (await pool.request(raw.url, "GET", "/empty", [], b""))[:1] == (204,)
+    assert (await pool.request(raw.url, "GET", "/interim", [], b""))[::2] == (200, b"final")  # 1xx skipped
     status, _, body = await pool.request(raw.url, "POST", "/echo?x=1", [(b"x-a", b"1")], b'{"a":1}')
     assert (status, body) == (201, b'{"a":1}')
-    assert raw.connections == 1  # one connection for all four
+    assert raw.connections == 1  # one connection for all five
     assert raw.seen[-1].startswith(b"POST /echo?x=1 HTTP/1.1\r\nhost: 127.0.0.1:")
     assert b"\r\nx-a: 1\r\ncontent-length: 7\r\n\r\n" in raw.seen[-1]
     pool.close()

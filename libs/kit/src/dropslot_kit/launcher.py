@@ -236,6 +236,21 @@ class System:
             env["DROPSLOT_UPSTREAMS"] = json.dumps(self.service_urls())
         return env
 
+    @staticmethod
+    def _command(proc: Proc) -> list[str]:
+        if proc.service == "gateway":  # its own HTTP server (dropslot_gateway/server.py), not uvicorn
+            return [sys.executable, "-m", "dropslot_gateway.server", "--host", "127.0.0.1", "--port", str(proc.port)]
+        return [
+            sys.executable, "-m", "uvicorn", f"dropslot_{proc.service}.main:create_app", "--factory",
+            "--host", "127.0.0.1", "--port", str(proc.port), "--no-access-log",
+            "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+            "--timeout-graceful-shutdown", "5", "--timeout-keep-alive", "75",
+            # Services take the caller from the gateway's X-Real-IP (kit request context), so
+            # uvicorn's proxy-header rewrite is only a cost there (~3 % of a booking replica's CPU
+            # in a storm), and in containers it never applied (their peer is not 127.0.0.1).
+            "--no-proxy-headers",
+        ]
+
     def start(self) -> None:
         if not self.procs:
             self.plan()
@@ -246,18 +261,7 @@ class System:
             # known to its processes only.
             self.env["DROPSLOT_GATEWAY_PROOF_KEYS"] = json.dumps([secrets.token_urlsafe(32)])
         for proc in self.procs:
-            cmd = [
-                sys.executable, "-m", "uvicorn", f"dropslot_{proc.service}.main:create_app", "--factory",
-                "--host", "127.0.0.1", "--port", str(proc.port), "--no-access-log",
-                "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
-                "--timeout-graceful-shutdown", "5", "--timeout-keep-alive", "75",
-                # The gateway judges X-Forwarded-For itself (trusted_proxies); uvicorn's own
-                # handling trusts 127.0.0.1 and would rewrite the peer before the gateway sees it.
-                # Services take the caller from the gateway's X-Real-IP (kit request context), so
-                # uvicorn's rewrite is only a cost there (~3 % of a booking replica's CPU in a
-                # storm), and in containers it never applied (their peer is not 127.0.0.1).
-                "--no-proxy-headers",
-            ]
+            cmd = self._command(proc)
             if self.log_dir is not None:
                 proc.log_path = self.log_dir / f"{proc.name}.log"
                 out = open(proc.log_path, "ab")  # noqa: SIM115  (closed with the process)

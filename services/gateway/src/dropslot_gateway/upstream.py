@@ -101,6 +101,9 @@ class _Conn(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        if 100 <= self.parser.get_status_code() < 200:  # an interim answer (100 Continue): the real one follows
+            self.headers, self.body = [], []
+            return
         self._done()
 
     # --- one exchange ----------------------------------------------------------------------------
