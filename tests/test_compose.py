@@ -45,9 +45,16 @@ def as_list(value: Any) -> list[str]:
     return value.split() if isinstance(value, str) else [str(v) for v in value]
 
 
+def runs_gateway(argv: list[str]) -> bool:
+    """The gateway runs its own HTTP server, not uvicorn."""
+    return argv[:3] == ["python", "-m", "dropslot_gateway.server"]
+
+
 def compose_app(svc: dict[str, Any]) -> str | None:
     """Which DropSlot service a compose service runs, from its uvicorn app argument."""
     argv = as_list(svc.get("entrypoint")) + as_list(svc.get("command"))
+    if runs_gateway(argv):
+        return "gateway"
     if not argv or "uvicorn" not in argv[0]:
         return None
     apps = [m.group(1) for a in argv if (m := APP_RE.match(a))]
@@ -231,8 +238,14 @@ def test_every_service_has_a_probed_bounded_deployment_and_a_service(service: st
     assert deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
 
     (container,) = pod["spec"]["containers"]
-    assert f"dropslot_{service}.main:create_app" in container["command"]
-    assert "--factory" in container["command"]
+    if service == "gateway":
+        assert runs_gateway(container["command"])
+    else:
+        assert f"dropslot_{service}.main:create_app" in container["command"]
+        assert "--factory" in container["command"]
+        # uvicorn with the kit's protocol: booking's reserve route served without ASGI
+        assert container["command"][container["command"].index("--http") + 1] == (
+            "dropslot_kit.serving:DirectHttpProtocol")
     port = int(container["command"][container["command"].index("--port") + 1])
     assert container_port(container, "http") == port
 

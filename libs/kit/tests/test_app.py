@@ -1,20 +1,28 @@
-"""The kit's ServiceApp: direct routes reach their handler before FastAPI, inside the request context."""
+"""The kit's ServiceApp: direct routes reach their handler before FastAPI, inside the request
+context, under any ASGI server and, with the kit's protocol, straight from uvicorn's parser."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import httptools
 import httpx
+import pytest
+import uvicorn
 from dropslot_kit import context, telemetry
-from dropslot_kit.app import ServiceApp
+from dropslot_kit.app import DirectAnswer, DirectRequest, ServiceApp
+from dropslot_kit.launcher import free_port
+from dropslot_kit.serving import DirectHttpProtocol
 
 
-async def _direct(scope: dict[str, Any], receive: Any, send: Any) -> None:
+async def _direct(req: DirectRequest) -> DirectAnswer:
     ctx = context.current()
-    body = json.dumps({"by": "direct", "ip": ctx.actor.ip}).encode()
-    await send({"type": "http.response.start", "status": 201, "headers": [(b"content-type", b"application/json")]})
-    await send({"type": "http.response.body", "body": body})
+    if req.body == b"slow":
+        await asyncio.sleep(0.3)
+    body = json.dumps({"by": "direct", "ip": ctx.actor.ip, "body": req.body.decode(), "path": req.path}).encode()
+    return 201, [(b"content-type", b"application/json")], body
 
 
 def _app() -> ServiceApp:
@@ -28,23 +36,29 @@ def _app() -> ServiceApp:
     async def hot_read() -> dict[str, str]:
         return {"by": "fastapi"}
 
-    app.add_direct_route("POST", "/api/v1/hot", _direct)
+    app.add_direct_route("POST", "/api/v1/hot", _direct, max_body=100)
     return app
+
+
+def _count(status: str) -> float:
+    return float(telemetry.HTTP_REQUESTS.labels("kit-test", "POST", "/api/v1/hot", status)._value.get())
 
 
 async def test_a_direct_route_answers_its_method_and_path_inside_the_request_context() -> None:
     app = _app()
-    before = telemetry.HTTP_REQUESTS.labels("kit-test", "POST", "/api/v1/hot", "201")._value.get()
+    before = _count("201")
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-        r = await client.post("/api/v1/hot", headers={"x-real-ip": "203.0.113.9", "x-request-id": "req-1"})
+        r = await client.post("/api/v1/hot", content=b"hi",
+                              headers={"x-real-ip": "203.0.113.9", "x-request-id": "req-1"})
         assert r.status_code == 201
-        assert r.json() == {"by": "direct", "ip": "203.0.113.9"}
-        assert r.headers["x-request-id"] == "req-1"
+        assert r.json() == {"by": "direct", "ip": "203.0.113.9", "body": "hi", "path": "/api/v1/hot"}
+        assert r.headers["x-request-id"] == "req-1" and r.headers["content-length"] == str(len(r.content))
         # Another method on the same path, and the OpenAPI document, are FastAPI's.
         assert (await client.get("/api/v1/hot")).json() == {"by": "fastapi"}
         assert "/api/v1/hot" in (await client.get("/openapi.json")).json()["paths"]
-    after = telemetry.HTTP_REQUESTS.labels("kit-test", "POST", "/api/v1/hot", "201")._value.get()
-    assert after == before + 1
+        big = await client.post("/api/v1/hot", content=b"x" * 101)
+        assert big.status_code == 413 and big.json()["type"].endswith("/payload-too-large")
+    assert _count("201") == before + 1
 
 
 async def test_while_tracing_is_on_the_path_goes_through_fastapi(monkeypatch: Any) -> None:
@@ -52,3 +66,127 @@ async def test_while_tracing_is_on_the_path_goes_through_fastapi(monkeypatch: An
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=_app()), base_url="http://t") as client:
         r = await client.post("/api/v1/hot")
     assert r.status_code == 200 and r.json() == {"by": "fastapi"}
+
+
+# --- the kit's protocol: uvicorn serving direct routes without ASGI ------------------------------
+@pytest.fixture
+async def served():
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(_app(), host="127.0.0.1", port=port, http=DirectHttpProtocol,
+                                           log_level="warning", lifespan="off", timeout_keep_alive=1,
+                                           proxy_headers=False))  # as the launcher runs services
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        await asyncio.sleep(0.02)
+    yield port, server
+    server.should_exit = True
+    await task
+
+
+class _Answers:
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.done: list[tuple[int, dict[bytes, bytes], bytes]] = []
+        self.headers: dict[bytes, bytes] = {}
+        self.body = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.lower()] = value
+
+    def on_body(self, body: bytes) -> None:
+        self.body += body
+
+    def on_message_complete(self) -> None:
+        self.done.append((self.parser.get_status_code(), self.headers, self.body))
+        self.headers, self.body = {}, b""
+
+
+async def _exchange(port: int, raw: bytes, n: int) -> tuple[list[tuple[int, dict[bytes, bytes], bytes]], bool]:
+    """Send raw bytes on a new connection; the n answers, and whether the server then closed it."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(raw)
+    answers = _Answers()
+    while len(answers.done) < n:
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data, "closed before every answer came"
+        answers.parser.feed_data(data)
+    try:
+        closed = await asyncio.wait_for(reader.read(1), 0.5) == b""
+    except TimeoutError:
+        closed = False
+    writer.close()
+    return answers.done, closed
+
+
+def _post(body: bytes, extra: bytes = b"") -> bytes:
+    return b"POST /api/v1/hot HTTP/1.1\r\nhost: t\r\ncontent-length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+async def test_the_protocol_answers_direct_routes_with_keep_alive_and_context(served, monkeypatch) -> None:
+    port, _ = served
+    through_asgi: list[str] = []
+    asgi = ServiceApp.__call__
+
+    async def spy(self: ServiceApp, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        through_asgi.append(f"{scope['method']} {scope['path']}")
+        await asgi(self, scope, receive, send)
+
+    monkeypatch.setattr(ServiceApp, "__call__", spy)
+    before = _count("201")
+    answers, closed = await _exchange(port, _post(b"one", b"x-real-ip: 198.51.100.4\r\nx-request-id: r-9\r\n"), 1)
+    (status, headers, body), = answers
+    assert status == 201 and json.loads(body) == {"by": "direct", "ip": "198.51.100.4", "body": "one",
+                                                  "path": "/api/v1/hot"}
+    assert headers[b"x-request-id"] == b"r-9" and headers[b"content-length"] == str(len(body)).encode()
+    assert b"date" in headers and not closed  # uvicorn's default headers; the connection is kept
+    assert _count("201") == before + 1
+    assert through_asgi == []  # straight from the parser, no ASGI call
+    answers, _ = await _exchange(port, b"GET /api/v1/hot HTTP/1.1\r\nhost: t\r\n\r\n", 1)
+    assert json.loads(answers[0][2]) == {"by": "fastapi"} and through_asgi == ["GET /api/v1/hot"]
+
+
+async def test_pipelined_requests_behind_a_direct_one_are_answered_in_order(served) -> None:
+    port, _ = served
+    # A slow direct request, then a FastAPI one, then a direct one, all in one packet.
+    raw = _post(b"slow") + b"GET /api/v1/hot HTTP/1.1\r\nhost: t\r\n\r\n" + _post(b"last")
+    answers, _ = await _exchange(port, raw, 3)
+    assert [json.loads(body).get("body", json.loads(body)["by"]) for _, _, body in answers] == [
+        "slow", "fastapi", "last"]
+
+
+async def test_connection_close_http_1_0_and_an_oversized_body(served) -> None:
+    port, _ = served
+    answers, closed = await _exchange(port, _post(b"bye", b"connection: close\r\n"), 1)
+    assert answers[0][0] == 201 and answers[0][1][b"connection"] == b"close" and closed
+    answers, closed = await _exchange(port, b"POST /api/v1/hot HTTP/1.0\r\ncontent-length: 2\r\n\r\nhi", 1)
+    assert answers[0][0] == 201 and closed
+    answers, closed = await _exchange(port, _post(b"x" * 500), 1)
+    assert answers[0][0] == 413 and json.loads(answers[0][2])["type"].endswith("/payload-too-large") and not closed
+
+
+async def test_expect_continue_and_chunked_bodies_reach_the_direct_route(served) -> None:
+    port, _ = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"POST /api/v1/hot HTTP/1.1\r\nhost: t\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\n")
+    assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)).startswith(b"HTTP/1.1 100 Continue")
+    writer.write(b"abc")
+    writer.close()
+    answers, _ = await _exchange(port, b"POST /api/v1/hot HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n"
+                                 b"2\r\nab\r\n1\r\nc\r\n0\r\n\r\n", 1)
+    assert json.loads(answers[0][2])["body"] == "abc"
+
+
+async def test_shutdown_finishes_a_direct_request_in_flight_and_closes(served) -> None:
+    port, server = served
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(_post(b"slow"))
+    await asyncio.sleep(0.1)
+    server.should_exit = True
+    answers = _Answers()
+    while not answers.done:
+        data = await asyncio.wait_for(reader.read(65536), 5)
+        assert data
+        answers.parser.feed_data(data)
+    status, headers, _ = answers.done[0]
+    assert status == 201 and headers[b"connection"] == b"close"
+    writer.close()

@@ -23,7 +23,7 @@ from .auth import JWKSVerifier
 from .broker import EventConsumers, Messaging
 from .context import CallContext
 from .db import Database
-from .errors import install_problem_handlers, problem_response
+from .errors import PayloadTooLarge, install_problem_handlers, problem_answer, problem_response
 from .outbox import OutboxRelay
 from .settings import KitSettings
 
@@ -56,14 +56,29 @@ async def supervise(name: str, loop: Callable[[], Awaitable[None]], *, restart_d
             await asyncio.sleep(restart_delay)
 
 
-def _client_ip(scope: dict[str, Any], headers: dict[bytes, bytes]) -> str | None:
+def _client_ip(client: tuple[str, int] | None, headers: dict[bytes, bytes]) -> str | None:
     # The gateway resolves the caller's address (trusting only its configured proxies) and
     # overwrites X-Real-IP; a client-supplied X-Forwarded-For is not believed.
     real = headers.get(b"x-real-ip")
     if real:
         return real.decode()
-    client = scope.get("client")
     return client[0] if client else None
+
+
+def enter_request(headers: list[tuple[bytes, bytes]], client: tuple[str, int] | None) -> tuple[Any, str]:
+    """The request's context (request id, the actor's ip and user agent) for what it calls:
+    (a token for `context.reset`, the request id)."""
+    named = dict(headers)
+    request_id = (named.get(b"x-request-id") or uuid.uuid4().hex.encode()).decode()
+    ua = named.get(b"user-agent")
+    token = context.set_current(
+        CallContext(
+            actor=Actor(ip=_client_ip(client, named), user_agent=ua.decode() if ua else None),
+            correlation_id=request_id,
+            request_id=request_id,
+        )
+    )
+    return token, request_id
 
 
 class RequestContextMiddleware:
@@ -77,16 +92,7 @@ class RequestContextMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope["headers"])
-        request_id = (headers.get(b"x-request-id") or uuid.uuid4().hex.encode()).decode()
-        ua = headers.get(b"user-agent")
-        token = context.set_current(
-            CallContext(
-                actor=Actor(ip=_client_ip(scope, headers), user_agent=ua.decode() if ua else None),
-                correlation_id=request_id,
-                request_id=request_id,
-            )
-        )
+        token, request_id = enter_request(scope["headers"], scope.get("client"))
         status = 500
         started = time.perf_counter()
 
@@ -107,18 +113,40 @@ class RequestContextMiddleware:
                 telemetry.record_request(self.service, scope["method"], path, status, time.perf_counter() - started)
 
 
-@dataclass(frozen=True)
-class _DirectRoute:
+@dataclass
+class DirectRequest:
+    """What a direct route's handler gets: the whole request, already read."""
+
+    app: ServiceApp
+    method: str
     path: str
+    headers: list[tuple[bytes, bytes]]  # names lower-cased
+    body: bytes
+
+
+# status, headers (Content-Length is added for the handler), body
+DirectAnswer = tuple[int, list[tuple[bytes, bytes]], bytes]
+DirectHandler = Callable[[DirectRequest], Awaitable[DirectAnswer]]
+
+
+@dataclass(frozen=True)
+class DirectRoute:
+    path: str  # what labels the request's metrics, as Starlette's route would
+    handler: DirectHandler
+    max_body: int  # a longer body is not read whole: 413
 
 
 class ServiceApp(FastAPI):
-    """FastAPI, plus *direct routes*: pure-ASGI handlers for the one or two (method, path) pairs a
-    drop storm hits, reached straight from the ASGI server inside the kit's request context
+    """FastAPI, plus *direct routes*: handlers for the one or two (method, path) pairs a drop storm
+    hits, given the whole request and answering it whole, inside the kit's request context
     (request id, actor, metrics under the route's path), before FastAPI's own layers (error
     middleware, its telemetry and body-limit wrappers, routing, dependency injection). Those layers
     were ~18 % of a booking replica's request path in a storm, and a direct handler answers its
     own errors as problem+json anyway.
+
+    Run by uvicorn with the kit's protocol (`serving.DirectHttpProtocol`, as the launcher, compose
+    and the k8s manifests do), a direct route is reached straight from the parsed request, with no
+    ASGI in between; under any other ASGI server (or in-process tests) `__call__` gets there.
 
     A direct route keeps a FastAPI route of the same path for the OpenAPI document, which is
     also what serves the path while tracing is on (so those requests get their server spans).
@@ -127,19 +155,53 @@ class ServiceApp(FastAPI):
     def __init__(self, *args: Any, service: str, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.service = service
-        self.direct: dict[tuple[str, str], tuple[_DirectRoute, Any]] = {}
+        self.direct_routes: dict[tuple[str, str], DirectRoute] = {}
 
-    def add_direct_route(self, method: str, path: str, handler: Any) -> None:
-        self.direct[(method, path)] = (_DirectRoute(path), RequestContextMiddleware(handler, self.service))
+    def add_direct_route(self, method: str, path: str, handler: DirectHandler, *, max_body: int = 65_536) -> None:
+        self.direct_routes[(method, path)] = DirectRoute(path, handler, max_body)
+
+    def direct_route(self, method: str, path: str) -> DirectRoute | None:
+        """The direct route for this request, if it has one now (none while tracing is on)."""
+        if not self.direct_routes or telemetry.tracing_enabled():
+            return None
+        return self.direct_routes.get((method, path))
+
+    async def answer_direct(self, route: DirectRoute, method: str, headers: list[tuple[bytes, bytes]], body: bytes,
+                            client: tuple[str, int] | None) -> DirectAnswer:
+        """A direct route's answer, inside the request context, with its metrics and request id."""
+        started = time.perf_counter()
+        token, request_id = enter_request(headers, client)
+        status = 500
+        try:
+            if len(body) > route.max_body:
+                status, out, payload = problem_answer(PayloadTooLarge(f"at most {route.max_body} bytes"), route.path)
+            else:
+                status, out, payload = await route.handler(DirectRequest(self, method, route.path, headers, body))
+            out.append((b"x-request-id", request_id.encode()))
+            out.append((b"content-length", b"%d" % len(payload)))
+            return status, out, payload
+        finally:
+            context.reset(token)
+            telemetry.record_request(self.service, method, route.path, status, time.perf_counter() - started)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:  # type: ignore[override]
-        if self.direct and scope["type"] == "http" and not telemetry.tracing_enabled():
-            direct = self.direct.get((scope["method"], scope["path"]))
-            if direct is not None:
-                # What Starlette's routing would have set: the app, and the route whose path
-                # labels the request's metrics.
-                scope["app"], scope["route"] = self, direct[0]
-                await direct[1](scope, receive, send)
+        if scope["type"] == "http":
+            route = self.direct_route(scope["method"], scope["path"])
+            if route is not None:
+                chunks, size = [], 0
+                while True:
+                    message = await receive()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size <= route.max_body:
+                        chunks.append(chunk)
+                    if not message.get("more_body"):
+                        break
+                body = b"".join(chunks) if size <= route.max_body else b"x" * (route.max_body + 1)
+                status, headers, payload = await self.answer_direct(route, scope["method"], scope["headers"], body,
+                                                                    scope.get("client"))
+                await send({"type": "http.response.start", "status": status, "headers": headers})
+                await send({"type": "http.response.body", "body": payload})
                 return
         await super().__call__(scope, receive, send)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, ClassVar
 
@@ -77,6 +78,22 @@ class ServiceUnavailable(Problem):
     status, slug, title = 503, "service-unavailable", "Service unavailable"
 
 
+class InternalError(Problem):
+    status, slug, title = 500, "internal-error", "Internal error"
+
+
+class PayloadTooLarge(Problem):
+    status, slug, title = 413, "payload-too-large", "Request body too large"
+
+
+def problem_answer(exc: Problem, instance: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """A problem as a whole answer (status, headers, JSON body), for handlers that answer outside
+    FastAPI: the gateway, and the kit's direct routes."""
+    headers = [(b"content-type", PROBLEM_JSON.encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
+    return exc.status, headers, json.dumps(exc.body(instance)).encode()
+
+
 def problem_body(
     status: int, slug: str, title: str, detail: str | None = None, instance: str | None = None, **extra: Any
 ) -> dict[str, Any]:
@@ -129,4 +146,4 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem_response(500, "internal-error", "Internal error")
+        return problem_response(InternalError.status, InternalError.slug, InternalError.title)

@@ -243,7 +243,8 @@ class System:
         return [
             sys.executable, "-m", "uvicorn", f"dropslot_{proc.service}.main:create_app", "--factory",
             "--host", "127.0.0.1", "--port", str(proc.port), "--no-access-log",
-            "--loop", "uvloop", "--http", "httptools", "--log-level", "warning",
+            # uvicorn's httptools protocol, plus the app's direct routes (kit serving.py).
+            "--loop", "uvloop", "--http", "dropslot_kit.serving:DirectHttpProtocol", "--log-level", "warning",
             "--timeout-graceful-shutdown", "5", "--timeout-keep-alive", "75",
             # Services take the caller from the gateway's X-Real-IP (kit request context), so
             # uvicorn's proxy-header rewrite is only a cost there (~3 % of a booking replica's CPU

@@ -13,7 +13,7 @@ from dropslot_kit.app import ServiceApp, ServiceRuntime, create_service_app
 from .adapters import keys
 from .adapters.hotpath import HotPath, SlotBatcher
 from .api import router
-from .api.fast import PATH, FastReserve
+from .api.fast import MAX_BODY, PATH, reserve_answer
 from .config import Settings
 from .consumers import BookingHolder, build_consumers
 from .service import sweeper
@@ -60,6 +60,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         on_shutdown=on_shutdown,
     )
     if settings.booking_fast_reserve:
-        # Straight from uvicorn, inside the kit's request context, before FastAPI's layers.
-        app.add_direct_route("POST", PATH, FastReserve())
+        # Straight from the parsed request, inside the kit's request context, before FastAPI's layers.
+        app.add_direct_route("POST", PATH, reserve_answer, max_body=MAX_BODY)
     return app

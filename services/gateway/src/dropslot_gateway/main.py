@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from dropslot_kit import heap, telemetry
 from dropslot_kit.auth import PROOF_HEADER, JWKSVerifier
-from dropslot_kit.errors import InvalidToken, Problem, RateLimited, problem_body
+from dropslot_kit.errors import InvalidToken, Problem, RateLimited, problem_answer, problem_body
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .config import Settings
@@ -173,9 +173,8 @@ class Gateway:
             st, headers, body = await self._proxy(req, service, request_id)
             return st, headers, body, service
         except Problem as exc:
-            hdrs = base + [(b"content-type", b"application/problem+json")]
-            hdrs += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-            return exc.status, hdrs, json.dumps(exc.body(path)).encode(), service
+            st, hdrs, body = problem_answer(exc, path)
+            return st, base + hdrs, body, service
 
     async def _proxy(
         self, req: Request, service: str, request_id: bytes

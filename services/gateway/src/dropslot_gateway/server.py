@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -35,7 +34,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 import httptools
-from dropslot_kit.errors import problem_body
+from dropslot_kit.errors import InternalError, PayloadTooLarge, Problem, problem_answer
 
 if TYPE_CHECKING:
     from .main import Gateway
@@ -72,11 +71,11 @@ class Request:
         self.keep_alive = keep_alive
 
 
-def problem_answer(status: int, slug: str, title: str, detail: str) -> bytes:
+def closing_answer(problem: Problem) -> bytes:
     """A whole answer the server gives itself (malformed request, body too large), then closes."""
-    body = json.dumps(problem_body(status, slug, title, detail)).encode()
-    return (STATUS_LINES[status] + b"content-type: application/problem+json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % len(body) + body)
+    status, headers, body = problem_answer(problem)
+    head = [STATUS_LINES[status], *(name + b": " + value + b"\r\n" for name, value in headers)]
+    return b"".join(head) + b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body
 
 
 class _Connection(asyncio.Protocol):
@@ -115,10 +114,10 @@ class _Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse(400, "bad-request", "Bad request", "upgrades are not supported here")
+            self._refuse(Problem("upgrades are not supported here"))
         except httptools.HttpParserError:
             if not self.too_large:
-                self._refuse(400, "bad-request", "Bad request", "not a valid HTTP/1.1 request")
+                self._refuse(Problem("not a valid HTTP/1.1 request"))
 
     # --- httptools callbacks ---------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -155,7 +154,7 @@ class _Connection(asyncio.Protocol):
         try:
             url = httptools.parse_url(self.url)
         except httptools.HttpParserInvalidURLError:
-            self._refuse(400, "bad-request", "Bad request", "malformed request target")
+            self._refuse(Problem("malformed request target"))
             return
         raw_path = url.path.decode("latin-1")
         path = unquote(raw_path, encoding="latin-1") if "%" in raw_path else raw_path
@@ -181,9 +180,8 @@ class _Connection(asyncio.Protocol):
             status, headers, body = await self.server.gateway.respond(request)
         except Exception:  # respond answers every error it knows; anything else is a bug: 500, logged
             log.exception("unhandled error answering %s %s", request.method, request.path)
-            body = json.dumps(problem_body(500, "internal-error", "Internal error")).encode()
-            status, headers = 500, [(b"content-type", b"application/problem+json"),
-                                    (b"content-length", b"%d" % len(body))]
+            status, headers, body = problem_answer(InternalError(), request.path)
+            headers.append((b"content-length", b"%d" % len(body)))
         self.busy = False
         transport = self.transport
         if transport is None or transport.is_closing():
@@ -210,19 +208,19 @@ class _Connection(asyncio.Protocol):
 
     def _too_large(self, limit: int) -> None:
         self.too_large = True
-        self._refuse(413, "payload-too-large", "Request body too large", f"at most {limit} bytes")
+        self._refuse(PayloadTooLarge(f"at most {limit} bytes"))
 
-    def _refuse(self, status: int, slug: str, title: str, detail: str) -> None:
+    def _refuse(self, problem: Problem) -> None:
         """An answer of the server's own, then the connection closes (its framing can't be trusted)."""
         if self.closing or self.transport is None:
             return
         self.closing = True
         self.queue.clear()
         if self.busy:  # the answer in flight goes first
-            self.last_words = problem_answer(status, slug, title, detail)
+            self.last_words = closing_answer(problem)
             self.transport.pause_reading()
             return
-        self.transport.write(problem_answer(status, slug, title, detail))
+        self.transport.write(closing_answer(problem))
         self.transport.close()
 
     def close_if_idle(self, now: float, idle_for: float) -> None:
