@@ -275,3 +275,21 @@ async def test_a_remembered_header_still_needs_each_tokens_signature(keys):
         await v.verify(_unsigned(signer, {"sub": "x"}))
     assert list(v._headers) == [head]
     assert (await v.verify(signer.token(uuid.UUID(int=7)))).user_id == uuid.UUID(int=7)
+
+
+async def test_an_issued_token_remembered_from_identitys_answer_needs_no_signature_check(keys):
+    signer, server = keys
+    v = verifier(server.url)
+    unpublished = TestSigner()  # its key is in no JWKS: only a remembered token can pass
+    uid = uuid.uuid4()
+    token = unpublished.token(uid)
+    with pytest.raises(InvalidToken):
+        await v.verify(token)
+    assert v.remember_issued(token) is True
+    assert (await v.verify(token)).user_id == uid
+    # Claims are still judged: an expired, foreign, refresh or malformed token is not remembered.
+    for bad in (unpublished.token(ttl=-60), unpublished.token(issuer="someone-else"),
+                unpublished.token(typ="refresh"), "not-a-token", "a.b.c"):
+        assert v.remember_issued(bad) is False
+        with pytest.raises(InvalidToken):
+            await v.verify(bad)

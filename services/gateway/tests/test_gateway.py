@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 
@@ -37,11 +38,14 @@ class Upstream:
     async def start(self) -> None:
         async def echo(request: web.Request) -> web.Response:
             self.hits += 1
+            text = await request.text()
+            if request.path == "/api/v1/auth/login" and text.startswith('{"issue"'):  # identity issues a token
+                return web.json_response({"access_token": json.loads(text)["issue"], "token_type": "bearer"})
             if request.path.endswith("/slow"):
                 await asyncio.sleep(5)
             return web.json_response({
                 "upstream": self.name, "path": request.path_qs, "method": request.method,
-                "body": (await request.text()), "headers": dict(request.headers),
+                "body": text, "headers": dict(request.headers),
             }, status=201 if request.method == "POST" else 200)
 
         async def ready(_: web.Request) -> web.Response:
@@ -298,3 +302,16 @@ async def test_requests_counted_while_a_sync_is_in_flight_still_count(infra):
         assert limiter.hit([("user:u", 3)]) is not None
     finally:
         await limiter.close()
+
+
+async def test_a_token_identity_issues_through_the_gateway_is_known_at_its_first_request(gw):
+    """Signed by a key the JWKS does not publish, so only the gateway's memory of identity's
+    answer lets it through (and the booking upstream gets the gateway's proof with it)."""
+    c = gw["client"]
+    token = TestSigner().token(uuid.uuid4())
+    assert (await c.get("/api/v1/slots/1", headers={"Authorization": f"Bearer {token}"})).status_code == 401
+    login = await c.post("/api/v1/auth/login", json={"issue": token})
+    assert login.status_code == 200 and login.json()["access_token"] == token
+    r = await c.get("/api/v1/slots/1", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200
+    assert _lower(r.json()["headers"])["x-dropslot-gateway-proof"] == gateway_proof(PROOF_KEY, token)

@@ -11,7 +11,9 @@ without logging anyone out.
 A token that verified is remembered (by its exact text) until it expires, for at most
 `verified_ttl` seconds: during a drop the same person sends many requests with one token,
 and the signature check is the costliest part of a request at the gateway. The memory is
-bounded (oldest forgotten first); an expired token is refused even if remembered.
+bounded (oldest forgotten first); an expired token is refused even if remembered. The gateway
+also remembers the tokens identity issues as they pass through it (`remember_issued`: sign-in and
+refresh answers), so a person's first request after signing in skips the signature too.
 
 The check is written out here (split, base64url, JSON, the claims) around the signature check
 (OpenSSL via cryptography for RS256, libsodium for Ed25519, PyJWT's algorithm object for ES256):
@@ -227,12 +229,29 @@ class JWKSVerifier:
             principal = self._claims(_segments(token)[1])
         else:
             principal = await self._verify(token)
+        self._remember(token, principal)
+        return principal
+
+    def remember_issued(self, token: str) -> bool:
+        """Remember a token identity has just issued, read from identity's own answer (the gateway
+        proxies sign-in and refresh), as verified: its holder's first request then skips the
+        signature check, as every later one does. Its claims are checked as always (an expired,
+        foreign or malformed token is not remembered). False if it was not remembered."""
+        if self.verified_ttl <= 0:
+            return False
+        try:
+            principal = self._claims(_segments(token)[1])
+        except InvalidToken:
+            return False
+        self._remember(token, principal)
+        return True
+
+    def _remember(self, token: str, principal: Principal) -> None:
         if self.verified_ttl > 0:
             exp = float(principal.claims["exp"]) + self.leeway
             if len(self._verified) >= self.verified_max:
                 del self._verified[next(iter(self._verified))]  # the oldest remembered
             self._verified[token] = (principal, min(exp, time.time() + self.verified_ttl))
-        return principal
 
     async def _verify(self, token: str) -> Principal:
         """Signature and claims."""

@@ -26,5 +26,9 @@ class Settings(KitSettings):
     rate_limit_prefix: str = "dropslot:rl"
     # How often each replica shares its counts through Redis (see ratelimit.py).
     rate_limit_sync_seconds: float = 0.05
+    # How long a checked access token is remembered (at most until it expires), and so needs no
+    # second signature check. Within the verifier's JWKS cache (300 s) a token that verified once
+    # keeps verifying anyway, so remembering it as long adds no exposure.
+    verified_token_seconds: float = 300.0
     # Peers whose X-Forwarded-For is believed (a load balancer or CDN in front of the gateway).
     trusted_proxies: list[str] = Field(default_factory=list)
