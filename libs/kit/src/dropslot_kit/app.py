@@ -167,13 +167,14 @@ class ServiceApp(FastAPI):
         return self.direct_routes.get((method, path))
 
     async def answer_direct(self, route: DirectRoute, method: str, headers: list[tuple[bytes, bytes]], body: bytes,
-                            client: tuple[str, int] | None) -> DirectAnswer:
-        """A direct route's answer, inside the request context, with its metrics and request id."""
+                            client: tuple[str, int] | None, *, too_large: bool = False) -> DirectAnswer:
+        """A direct route's answer, inside the request context, with its metrics and request id
+        (`too_large`: the body was longer than the route's `max_body`, and not kept)."""
         started = time.perf_counter()
         token, request_id = enter_request(headers, client)
         status = 500
         try:
-            if len(body) > route.max_body:
+            if too_large:
                 status, out, payload = problem_answer(PayloadTooLarge(f"at most {route.max_body} bytes"), route.path)
             else:
                 status, out, payload = await route.handler(DirectRequest(self, method, route.path, headers, body))
@@ -197,9 +198,10 @@ class ServiceApp(FastAPI):
                         chunks.append(chunk)
                     if not message.get("more_body"):
                         break
-                body = b"".join(chunks) if size <= route.max_body else b"x" * (route.max_body + 1)
-                status, headers, payload = await self.answer_direct(route, scope["method"], scope["headers"], body,
-                                                                    scope.get("client"))
+                too_large = size > route.max_body
+                status, headers, payload = await self.answer_direct(
+                    route, scope["method"], scope["headers"], b"" if too_large else b"".join(chunks),
+                    scope.get("client"), too_large=too_large)
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
                 return

@@ -102,10 +102,11 @@ class DirectHttpProtocol(HttpToolsProtocol):
 
     async def _answer(self, direct: _DirectCycle) -> None:
         assert self.service_app is not None
-        body = b"".join(direct.body) if direct.size <= direct.route.max_body else b"x" * (direct.route.max_body + 1)
+        too_large = direct.size > direct.route.max_body
         try:
             status, headers, payload = await self.service_app.answer_direct(
-                direct.route, direct.method, direct.headers, body, self.client)
+                direct.route, direct.method, direct.headers, b"" if too_large else b"".join(direct.body), self.client,
+                too_large=too_large)
         except Exception:  # answer_direct's handler answers its own errors: this is a bug, logged
             log.exception("unhandled error on %s %s", direct.method, direct.route.path)
             status, headers, payload = problem_answer(InternalError(), direct.route.path)
