@@ -54,7 +54,7 @@ class Upstream:
         app = web.Application()
         app.router.add_get("/ready", ready)
         app.router.add_route("*", "/{tail:.*}", echo)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=2.0)  # a teardown never waits long
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
 

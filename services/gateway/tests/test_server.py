@@ -76,7 +76,7 @@ async def served():
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", echo)
-    runner = web.AppRunner(app)
+    runner = web.AppRunner(app, shutdown_timeout=2.0)  # a teardown never waits long
     await runner.setup()
     up = free_port()
     await web.TCPSite(runner, "127.0.0.1", up).start()

@@ -67,7 +67,7 @@ class JwksServer:
 
         app = web.Application()
         app.router.add_get("/jwks.json", jwks)
-        self.runner = web.AppRunner(app)
+        self.runner = web.AppRunner(app, shutdown_timeout=2.0)  # a teardown never waits long
         await self.runner.setup()
         site = web.TCPSite(self.runner, "127.0.0.1", 0)
         await site.start()

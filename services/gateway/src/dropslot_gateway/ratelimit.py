@@ -110,9 +110,10 @@ class RateLimiter:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # gather, not a suppressed await: a cancellation of close() itself must not be swallowed
+            await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        with contextlib.suppress(redis.RedisError, OSError):
-            await self.sync()
-        await self.redis.aclose()
+        with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.sync(), 2.0)  # the last counts, if Redis answers soon
+        with contextlib.suppress(redis.RedisError, OSError, TimeoutError):
+            await asyncio.wait_for(self.redis.aclose(), 2.0)

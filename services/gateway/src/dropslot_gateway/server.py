@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import logging
 import signal
 import time
@@ -288,9 +287,12 @@ class GatewayServer:
                 conn.transport.close()
         if self._ticker is not None:
             self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-        await self.gateway.shutdown()
+            # gather, not a suppressed await: a cancellation of stop() itself must not be swallowed
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        try:  # bounded: a stop must end even if Redis or an upstream does not answer
+            await asyncio.wait_for(self.gateway.shutdown(), self.graceful_seconds)
+        except TimeoutError:
+            log.warning("the gateway's shutdown took over %.0fs; stopped without it", self.graceful_seconds)
 
     async def serve(self) -> None:
         """Until SIGTERM or SIGINT."""
