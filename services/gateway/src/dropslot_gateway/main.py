@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from dropslot_kit import heap, telemetry
 from dropslot_kit.auth import PROOF_HEADER, JWKSVerifier
-from dropslot_kit.errors import InvalidToken, Problem, RateLimited, problem_answer, problem_body
+from dropslot_kit.errors import InvalidToken, NotFound, Problem, RateLimited, problem_answer
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .config import Settings
@@ -169,8 +169,8 @@ class Gateway:
             return 200, base + [(b"content-type", ctype)], body, None
         service = service_for(path)
         if service is None or service not in self.upstreams:
-            st, body = 404, json.dumps(problem_body(404, "not-found", "Not found", f"no route for {path}")).encode()
-            return st, base + [(b"content-type", b"application/problem+json")], body, "unmatched"
+            st, hdrs, body = problem_answer(NotFound(f"no route for {path}"))
+            return st, base + hdrs, body, "unmatched"
         try:
             st, headers, body = await self._proxy(req, service, request_id)
             return st, headers, body, service
