@@ -8,6 +8,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from json.encoder import encode_basestring as _encode_string  # type: ignore[attr-defined]
 from typing import Any
 
 from dropslot_contracts import Envelope, Event, TraceContext
@@ -193,6 +194,99 @@ def envelope(
         before=before,
         after=after,
     )
+
+
+# --- a new reservation's texts, for the reserve hot path -----------------------------------------
+# `prepare` (reserve.py) runs once per seat a drop storm takes. Building the snapshot model, its
+# envelope (each validated) and dumping them cost ~100 µs a reservation here, more than its
+# check-in token. The builders below write the same JSON from strings computed once per slot
+# view: tests/test_views.py holds them equal to the models' own output (and fails when the
+# contract gains a field they do not write).
+_COMPACT = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _json(value: Any) -> str:
+    """Compact JSON, as pydantic's `model_dump_json` writes it (no spaces, UTF-8 kept)."""
+    return _COMPACT.encode(value)
+
+
+def _text(value: str | None) -> str:
+    """A string or None as JSON (json's own string encoder, in C)."""
+    return "null" if value is None else _encode_string(value)
+
+
+def slot_texts(view: dict[str, Any]) -> dict[str, str]:
+    """The slot view's ids and times as text, computed once per cached view (kept in it)."""
+    texts = view.get("_texts")
+    if texts is None:
+        texts = view["_texts"] = {
+            "slot_id": str(view["id"]), "drop_id": str(view["drop_id"]), "store_id": str(view["store_id"]),
+            "start": iso(view["start_time"]) or "", "end": iso(view["end_time"]) or "",
+            "tenant_key": _text(view["tenant_key"]),
+        }
+    return texts
+
+
+def new_reservation_texts(
+    settings: Settings, r: Mapping[str, Any], texts: Mapping[str, str]
+) -> tuple[str, str, str | None]:
+    """(201 body, `created` envelope without its head, the envelope's traceparent) of a
+    reservation `prepare` has just built: the body as `json.dumps(reservation_body(r))`, the
+    envelope as `envelope(settings, ReservationCreated(...), ...).model_dump_json()` minus its
+    first three fields (id, type, version: see `envelope_json`)."""
+    rid, user_id = str(r["id"]), str(r["user_id"])
+    state = r["state"]
+    confirmed = state == states.CONFIRMED
+    pending = state == states.PENDING
+    token = r.get("checkin_token") if confirmed else None
+    qr = r.get("qr_code_url") if token else None
+    created, confirmed_at = iso(r["created_at"]), iso(r.get("confirmed_at"))
+    expires = iso(r.get("expires_at"))
+    payment = {"required": True, "id": None, "status": None, "provider": None,
+               "amount_cents": r["amount_cents"], "currency": r["currency"]} if r["requires_payment"] else None
+    body = json.dumps({
+        "id": rid, "state": state, "slot_id": texts["slot_id"], "drop_id": texts["drop_id"],
+        "store_id": texts["store_id"], "user_id": user_id, "expires_at": expires if pending else None,
+        "qr_code_url": qr, "checkin_token": token, "payment": payment,
+        "requires_payment": r["requires_payment"], "amount_cents": r["amount_cents"], "currency": r["currency"],
+        "slot": {"start_time": texts["start"], "end_time": texts["end"]},
+        "drop_name": r.get("drop_name"), "product_name": r.get("product_name"), "store_name": r.get("store_name"),
+        "customer_note": r.get("customer_note"), "cancel_reason": None, "waitlist_entry_id": None,
+        "created_at": created, "confirmed_at": confirmed_at, "cancelled_at": None, "expired_at": None,
+        "checked_in_at": None,
+    })
+    snapshot = _json({
+        "reservation_id": rid, "slot_id": texts["slot_id"], "drop_id": texts["drop_id"],
+        "store_id": texts["store_id"], "user_id": user_id, "state": state, "slot_start": texts["start"],
+        "slot_end": texts["end"], "amount_cents": r["amount_cents"], "currency": r["currency"],
+        "requires_payment": r["requires_payment"], "expires_at": expires if pending else None,
+        "drop_name": r.get("drop_name"), "product_name": r.get("product_name"),
+        "qr_code_url": r.get("qr_code_url") if confirmed else None, "checkin_token": token,
+        "store_name": r.get("store_name"), "customer_note": r.get("customer_note"), "payment_id": None,
+        "payment_status": None, "cancel_reason": None, "created_at": created, "confirmed_at": confirmed_at,
+        "cancelled_at": None, "expired_at": None, "checked_in_at": None,
+    })
+    after = _json({"state": state, "slot_id": texts["slot_id"], "user_id": user_id, "expires_at": expires,
+                   "cancel_reason": None, "payment_status": None})
+    ctx = context.current()
+    actor = ctx.actor
+    carrier = telemetry.inject_headers()
+    traceparent = carrier.get("traceparent")
+    tail = (
+        f',"occurred_at":"{created}","producer":{_text(settings.service)},"store_id":"{texts["store_id"]}"'
+        f',"tenant_key":{texts["tenant_key"]}'
+        f',"actor":{{"user_id":{_text(str(actor.user_id) if actor.user_id else None)},'
+        f'"ip":{_text(actor.ip)},"user_agent":{_text(actor.user_agent)}}}'
+        f',"correlation_id":{_text(ctx.correlation_id or ctx.request_id)}'
+        f',"trace":{{"traceparent":{_text(traceparent)},"tracestate":{_text(carrier.get("tracestate"))}}}'
+        f',"before":null,"after":{after},"data":{{"reservation":{snapshot}}}}}'
+    )
+    return body, tail, traceparent
+
+
+def envelope_json(event_id: uuid.UUID, event_type: str, version: int, tail: str) -> str:
+    """An envelope's JSON from its head (id, type, version) and a tail from new_reservation_texts."""
+    return f'{{"id":"{event_id}","type":"{event_type}","version":{version}{tail}'
 
 
 # --- cursors ---------------------------------------------------------------------------------------
