@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
+import orjson
 from dropslot_gateway.upstream import ConnectFailed, UpstreamBroken, UpstreamPool
 from dropslot_kit import heap
 
@@ -232,7 +233,7 @@ async def storm(
                     continue
                 end = time.perf_counter()
                 try:
-                    answer = json.loads(data) if data else {}
+                    answer = orjson.loads(data) if data else {}
                 except ValueError:  # not JSON (a proxy's error page): keep its start as the detail
                     answer = {"detail": data[:200].decode(errors="replace")}
                 kind = "accepted" if status == 201 else str(answer.get("type", status)).rsplit("/", 1)[-1]

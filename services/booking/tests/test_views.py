@@ -60,7 +60,7 @@ def test_new_reservation_texts_are_what_the_models_write(paid: bool, note: str |
     finally:
         context.reset(token)
 
-    assert body == json.dumps(reservation_body(row))
+    assert body == json.dumps(reservation_body(row), ensure_ascii=False, separators=(",", ":"))
     assert traceparent is None  # tracing is off here
     model = model.model_copy(update={"occurred_at": row["created_at"]})
     for event in (ReservationCreated, ReservationConfirmed):

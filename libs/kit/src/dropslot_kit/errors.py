@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, ClassVar
 
+import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -87,11 +87,11 @@ class PayloadTooLarge(Problem):
 
 
 def problem_answer(exc: Problem, instance: str | None = None) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-    """A problem as a whole answer (status, headers, JSON body), for handlers that answer outside
-    FastAPI: the gateway, and the kit's direct routes."""
+    """A problem as a whole answer (status, headers, compact JSON body), for handlers that answer
+    outside FastAPI: the gateway, and the kit's direct routes (every refusal of a drop storm)."""
     headers = [(b"content-type", PROBLEM_JSON.encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers.items()]
-    return exc.status, headers, json.dumps(exc.body(instance)).encode()
+    return exc.status, headers, orjson.dumps(exc.body(instance))
 
 
 def problem_body(

@@ -95,10 +95,22 @@ WEBHOOK_LATENCY = Histogram(
 )
 
 
+_RESERVATION_METRICS: dict[tuple[Any, bool, str], Any] = {}
+
+
 def record_reservation(drop_id: Any, accepted: bool, reason: str = "") -> None:
     """Count one reservation attempt for a drop: `accepted=True`, or refused with the problem slug
-    as `reason` (e.g. "sold-out", "limit-reached", "drop-not-live", "slot-closed")."""
-    RESERVATIONS.labels(_service, str(drop_id), "accepted" if accepted else "refused", "" if accepted else reason).inc()
+    as `reason` (e.g. "sold-out", "limit-reached", "drop-not-live", "slot-closed"). The counter's
+    child is looked up once per (drop, outcome), as record_request's: every attempt of a storm
+    counts here. Drops come and go, so the lookups kept are dropped all at once past 4,096."""
+    key = (drop_id, accepted, reason)
+    child = _RESERVATION_METRICS.get(key)
+    if child is None:
+        if len(_RESERVATION_METRICS) >= 4096:
+            _RESERVATION_METRICS.clear()
+        child = _RESERVATION_METRICS[key] = RESERVATIONS.labels(
+            _service, str(drop_id), "accepted" if accepted else "refused", "" if accepted else reason)
+    child.inc()
 
 
 def record_webhook_delivery(outcome: str, seconds: float, *, event_type: str = "") -> None:

@@ -11,11 +11,11 @@ gateway's proof), same use case. The kit gives it the whole request, inside the 
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 
 import asyncpg
+import orjson
 from dropslot_kit import context
 from dropslot_kit.app import DirectAnswer, DirectRequest
 from dropslot_kit.auth import PROOF_HEADER
@@ -55,7 +55,7 @@ def _invalid(name: str, reason: str, kind: str) -> _Invalid:
 
 def parse_body(raw: bytes) -> tuple[uuid.UUID, str | None]:
     try:
-        data = json.loads(raw) if raw else None
+        data = orjson.loads(raw) if raw else None
     except ValueError:
         raise _invalid("body", "JSON decode error", "json_invalid") from None
     if not isinstance(data, dict):

@@ -18,6 +18,7 @@ from typing import Any
 
 import jwt
 import nacl.signing
+import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -95,7 +96,7 @@ def _b64(data: bytes) -> bytes:
 
 
 def _compact(obj: dict[str, Any]) -> bytes:
-    return _b64(json.dumps(obj, separators=(",", ":")).encode())
+    return _b64(orjson.dumps(obj))
 
 
 class CheckinTokens:
