@@ -295,6 +295,9 @@ class Messaging:
         self._acks: dict[int, _Acks] = {}  # id(aiormq channel) -> its acknowledgements
         self._publish_channel: Any = None
         self._publish_targets: dict[str, Any] = {}
+        # One opening of the publish channel at a time: publishes racing to open it each opened
+        # their own, and messages sent on two channels may reach a queue out of order.
+        self._publish_opening = asyncio.Lock()
         for consumer in self.consumers:
             self._describe(consumer)
 
@@ -430,6 +433,13 @@ class Messaging:
                              timeout=self.settings.publish_timeout_seconds)
 
     async def _publish_exchange(self, name: str) -> Any:
+        target = self._publish_targets.get(name)
+        if target is not None and not target.channel.is_closed:
+            return target  # no await on the way: publishes keep the order they were called in
+        async with self._publish_opening:
+            return await self._open_publish_exchange(name)
+
+    async def _open_publish_exchange(self, name: str) -> Any:
         target = self._publish_targets.get(name)
         if target is None or target.channel.is_closed:
             if self._publish_channel is None or self._publish_channel.is_closed:
