@@ -208,11 +208,6 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
-def _text(value: str | None) -> str:
-    """A string or None as JSON."""
-    return "null" if value is None else orjson.dumps(value).decode()
-
-
 def slot_texts(view: dict[str, Any]) -> dict[str, str]:
     """The slot view's ids and times as text, computed once per cached view (kept in it)."""
     texts = view.get("_texts")
@@ -220,7 +215,7 @@ def slot_texts(view: dict[str, Any]) -> dict[str, str]:
         texts = view["_texts"] = {
             "slot_id": str(view["id"]), "drop_id": str(view["drop_id"]), "store_id": str(view["store_id"]),
             "start": iso(view["start_time"]) or "", "end": iso(view["end_time"]) or "",
-            "tenant_key": _text(view["tenant_key"]),
+            "tenant_key": _json(view["tenant_key"]),
         }
     return texts
 
@@ -271,12 +266,12 @@ def new_reservation_texts(
     carrier = telemetry.inject_headers()
     traceparent = carrier.get("traceparent")
     tail = (
-        f',"occurred_at":"{created}","producer":{_text(settings.service)},"store_id":"{texts["store_id"]}"'
+        f',"occurred_at":"{created}","producer":{_json(settings.service)},"store_id":"{texts["store_id"]}"'
         f',"tenant_key":{texts["tenant_key"]}'
-        f',"actor":{{"user_id":{_text(str(actor.user_id) if actor.user_id else None)},'
-        f'"ip":{_text(actor.ip)},"user_agent":{_text(actor.user_agent)}}}'
-        f',"correlation_id":{_text(ctx.correlation_id or ctx.request_id)}'
-        f',"trace":{{"traceparent":{_text(traceparent)},"tracestate":{_text(carrier.get("tracestate"))}}}'
+        f',"actor":{{"user_id":{_json(str(actor.user_id) if actor.user_id else None)},'
+        f'"ip":{_json(actor.ip)},"user_agent":{_json(actor.user_agent)}}}'
+        f',"correlation_id":{_json(ctx.correlation_id or ctx.request_id)}'
+        f',"trace":{{"traceparent":{_json(traceparent)},"tracestate":{_json(carrier.get("tracestate"))}}}'
         f',"before":null,"after":{after},"data":{{"reservation":{snapshot}}}}}'
     )
     return body, tail, traceparent
