@@ -226,6 +226,22 @@ async def test_a_gateway_proof_skips_the_signature_but_never_the_claims(keys, mo
             await v.verify(bad, gateway_proof(PROOF_KEY, bad))
 
 
+async def test_the_gateway_keeps_each_tokens_proof_and_forgets_the_oldest(keys):
+    from dropslot_kit.auth import gateway_proof
+
+    signer, server = keys
+    v = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", proof_keys=[PROOF_KEY],
+                     verified_max=2)
+    tokens = [signer.token() for _ in range(3)]
+    assert [v.proof(t) for t in tokens] == [gateway_proof(PROOF_KEY, t) for t in tokens]
+    assert list(v._proofs) == tokens[1:]  # bounded like the verified tokens: the oldest went
+    assert v.proof(tokens[2]) == gateway_proof(PROOF_KEY, tokens[2])  # a kept one is the same proof
+    unkept = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", proof_keys=[PROOF_KEY],
+                          verified_ttl=0)
+    assert unkept.proof(tokens[0]) == gateway_proof(PROOF_KEY, tokens[0]) and not unkept._proofs
+    assert JWKSVerifier(server.url, issuer="i", audience="a").proof(tokens[0]) is None
+
+
 async def test_a_wrong_or_foreign_proof_means_a_full_check(keys, monkeypatch):
     from dropslot_kit.auth import gateway_proof
 

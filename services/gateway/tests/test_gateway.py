@@ -122,6 +122,18 @@ async def test_proxies_path_query_body_and_request_id(gw):
     assert echoed["headers"]["X-Real-IP"].startswith("198.51.100.")  # behind a trusted proxy: the caller
 
 
+async def test_a_request_without_an_id_gets_a_fresh_one_upstream_and_back(gw):
+    c = gw["client"]
+    seen = set()
+    for _ in range(3):
+        r = await c.post("/api/v1/auth/register", content=b"{}", headers={"content-type": "application/json"})
+        rid = r.headers["x-request-id"]
+        assert r.json()["headers"]["X-Request-ID"] == rid
+        assert len(rid) == 32 and int(rid, 16) >= 0  # 32 hex digits, as a uuid4's hex
+        seen.add(rid)
+    assert len(seen) == 3
+
+
 async def test_answers_carry_their_length_and_head_has_no_body(gw):
     c = gw["client"]
     r = await c.get("/api/v1/slots/1")

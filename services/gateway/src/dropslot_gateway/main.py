@@ -14,7 +14,7 @@ import ipaddress
 import itertools
 import json
 import logging
-import os
+import random
 import time
 from typing import Any
 
@@ -156,8 +156,15 @@ class Gateway:
 
     async def _handle(self, req: Request) -> tuple[int, list[tuple[bytes, bytes]], bytes, str | None]:
         path = req.path
-        # 32 random hex digits, as a uuid4's hex, at a fifth of its cost (every request without one).
-        request_id = next((v for k, v in req.headers if k == b"x-request-id"), None) or os.urandom(16).hex().encode()
+        request_id = None
+        for name, value in req.headers:
+            if name == b"x-request-id":
+                request_id = value
+                break
+        if not request_id:
+            # 32 random hex digits, as a uuid4's hex: an id to follow a request by, not a secret,
+            # so the Mersenne Twister will do (half the cost of os.urandom's system call here).
+            request_id = b"%032x" % random.getrandbits(128)
         base = [(b"x-request-id", request_id)]
         if path == "/health":
             return 200, base + [(b"content-type", b"application/json")], b'{"status":"ok","service":"gateway"}', None
