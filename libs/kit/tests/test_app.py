@@ -25,6 +25,10 @@ async def _direct(req: DirectRequest) -> DirectAnswer:
     return 201, [(b"content-type", b"application/json")], body
 
 
+async def _item(req: DirectRequest) -> DirectAnswer:
+    return 200, [(b"content-type", b"application/json")], json.dumps({"by": "direct", "id": req.param}).encode()
+
+
 def _app() -> ServiceApp:
     app = ServiceApp(service="kit-test")
 
@@ -36,8 +40,38 @@ def _app() -> ServiceApp:
     async def hot_read() -> dict[str, str]:
         return {"by": "fastapi"}
 
+    @app.get("/api/v1/items/{item_id}")
+    async def item_by_fastapi(item_id: str) -> dict[str, str]:
+        return {"by": "fastapi", "id": item_id}
+
+    @app.get("/api/v1/items/{item_id}/parts")
+    async def parts(item_id: str) -> dict[str, str]:
+        return {"by": "fastapi", "parts of": item_id}
+
     app.add_direct_route("POST", "/api/v1/hot", _direct, max_body=100)
+    app.add_direct_route("GET", "/api/v1/items/{item_id}", _item)
     return app
+
+
+def test_a_direct_route_has_at_most_one_parameter_and_only_last() -> None:
+    app = ServiceApp(service="kit-test")
+    for bad in ("/api/v1/{a}/items", "/api/v1/{a}/{b}", "/api/v1/x{a}"):
+        with pytest.raises(ValueError, match="one parameter"):
+            app.add_direct_route("GET", bad, _item)
+
+
+async def test_a_direct_route_with_a_parameter_takes_one_more_segment_only() -> None:
+    app = _app()
+    label = telemetry.HTTP_REQUESTS.labels("kit-test", "GET", "/api/v1/items/{item_id}", "200")
+    before = float(label._value.get())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        assert (await client.get("/api/v1/items/a%20b")).json() == {"by": "direct", "id": "a b"}
+        # A deeper path, the bare prefix and another method are FastAPI's.
+        assert (await client.get("/api/v1/items/7/parts")).json() == {"by": "fastapi", "parts of": "7"}
+        assert (await client.get("/api/v1/items/")).status_code == 404
+        assert (await client.post("/api/v1/items/7")).status_code == 405  # FastAPI answers other methods
+    # Its metrics are labelled with the template, not with each path (one series, not one per id).
+    assert float(label._value.get()) == before + 1
 
 
 def _count(status: str) -> float:
@@ -143,6 +177,11 @@ async def test_the_protocol_answers_direct_routes_with_keep_alive_and_context(se
     assert through_asgi == []  # straight from the parser, no ASGI call
     answers, _ = await _exchange(port, b"GET /api/v1/hot HTTP/1.1\r\nhost: t\r\n\r\n", 1)
     assert json.loads(answers[0][2]) == {"by": "fastapi"} and through_asgi == ["GET /api/v1/hot"]
+    answers, _ = await _exchange(port, b"GET /api/v1/items/x%2Fy HTTP/1.1\r\nhost: t\r\n\r\n", 1)
+    assert answers[0][0] == 404  # decoded, it is two segments: not the direct route's, and FastAPI has none
+    answers, _ = await _exchange(port, b"GET /api/v1/items/%C3%A9 HTTP/1.1\r\nhost: t\r\n\r\n", 1)
+    assert json.loads(answers[0][2]) == {"by": "direct", "id": "é"}
+    assert through_asgi == ["GET /api/v1/hot", "GET /api/v1/items/x/y"]
 
 
 async def test_pipelined_requests_behind_a_direct_one_are_answered_in_order(served) -> None:

@@ -269,3 +269,41 @@ async def test_concurrent_redeems_check_in_once(cluster: Cluster) -> None:
     results = await asyncio.gather(*(cluster.request("POST", "/checkins", owner, json={"token": res["checkin_token"]})
                                      for _ in range(8)))
     assert sorted(r.status_code for r in results) == [200] + [409] * 7
+
+
+async def test_a_slots_availability_is_the_same_by_the_direct_route_and_by_fastapi(cluster: Cluster) -> None:
+    """GET /slots/{id} is a direct route (one statement on the hot pool); FastAPI's route, which
+    serves it while tracing is on, must answer the same, byte for byte: waiting list included,
+    unknown and malformed ids too."""
+    from dropslot_booking.api.fast import slot_answer
+
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store)
+    slot = await cluster.slot(store, drop, capacity=1)
+    assert (await cluster.reserve(cluster.user(), slot["id"])).status_code == 201
+    for _ in range(2):
+        assert (await cluster.request("POST", f"/slots/{slot['id']}/waitlist", cluster.user())).status_code == 201
+    replica = cluster.replicas[0]
+    assert replica.app.direct_route("GET", f"/api/v1/slots/{slot['id']}").handler is slot_answer
+    paths = [f"/slots/{slot['id']}", f"/slots/{uuid.uuid4()}", "/slots/not-a-uuid", f"/slots/{slot['id']}x"]
+    direct = [await replica.client.get(p) for p in paths]
+    saved = dict(replica.app.direct_routes)
+    replica.app.direct_routes.clear()  # every request is FastAPI's now
+    try:
+        by_fastapi = [await replica.client.get(p) for p in paths]
+    finally:
+        replica.app.direct_routes.update(saved)
+    assert [r.status_code for r in direct] == [200, 404, 422, 422]
+    for d, f in zip(direct, by_fastapi, strict=True):
+        assert (d.status_code, d.headers["content-type"], d.json()) == (f.status_code, f.headers["content-type"], f.json())
+    assert direct[0].json()["waitlist_length"] == 2 and direct[0].json()["available"] == 0
+    assert direct[1].json()["instance"] == f"/api/v1{paths[1]}"
+    # The read widens row-level security for itself only: its caller's scope is as before.
+    from dropslot_booking.adapters.hotpath import SLOT_AVAILABILITY
+
+    hot = cluster.booking.hot
+    assert hot.pool is not None
+    async with hot.pool.acquire() as conn, conn.transaction():
+        assert (await conn.fetchrow(SLOT_AVAILABILITY, uuid.UUID(slot["id"])))["waitlist_length"] == 2
+        assert await conn.fetchval("SELECT current_setting('dropslot.scope', true)") in ("", None)
+        assert await conn.fetchval("SELECT count(*) FROM booking.waitlist") == 0  # RLS: this caller sees none

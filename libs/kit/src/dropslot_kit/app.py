@@ -119,9 +119,10 @@ class DirectRequest:
 
     app: ServiceApp
     method: str
-    path: str
+    path: str  # the route's path (its template for a route with a parameter)
     headers: list[tuple[bytes, bytes]]  # names lower-cased
     body: bytes
+    param: str | None = None  # a parameter route's last path segment, as sent (percent-decoded)
 
 
 # status, headers (Content-Length is added for the handler), body
@@ -131,9 +132,10 @@ DirectHandler = Callable[[DirectRequest], Awaitable[DirectAnswer]]
 
 @dataclass(frozen=True)
 class DirectRoute:
-    path: str  # what labels the request's metrics, as Starlette's route would
+    path: str  # what labels the request's metrics, as Starlette's route would (a template if it has a parameter)
     handler: DirectHandler
     max_body: int  # a longer body is not read whole: 413
+    prefix: str | None = None  # a route whose last segment is a parameter: the path up to it
 
 
 class ServiceApp(FastAPI):
@@ -156,20 +158,43 @@ class ServiceApp(FastAPI):
         super().__init__(*args, **kwargs)
         self.service = service
         self.direct_routes: dict[tuple[str, str], DirectRoute] = {}
+        self._parameter_routes: dict[str, list[DirectRoute]] = {}  # method -> routes ending in {name}
 
     def add_direct_route(self, method: str, path: str, handler: DirectHandler, *, max_body: int = 65_536) -> None:
-        self.direct_routes[(method, path)] = DirectRoute(path, handler, max_body)
+        """`path` is literal, or ends in one parameter segment (`/api/v1/slots/{slot_id}`): that
+        route takes any path of the prefix plus one more non-empty segment, and its handler gets
+        the segment as `DirectRequest.param`."""
+        prefix = None
+        if "{" in path or "}" in path:
+            prefix = path[: path.rindex("/") + 1]
+            name = path[len(prefix):]
+            if ("{" in prefix or "}" in prefix or not (name.startswith("{") and name.endswith("}"))
+                    or "{" in name[1:-1] or "}" in name[1:-1]):
+                raise ValueError(f"a direct route may have one parameter, as its last segment: {path}")
+        route = DirectRoute(path, handler, max_body, prefix)
+        self.direct_routes[(method, path)] = route
+        if prefix is not None:
+            self._parameter_routes.setdefault(method, []).append(route)
 
     def direct_route(self, method: str, path: str) -> DirectRoute | None:
         """The direct route for this request, if it has one now (none while tracing is on)."""
         if not self.direct_routes or telemetry.tracing_enabled():
             return None
-        return self.direct_routes.get((method, path))
+        route = self.direct_routes.get((method, path))
+        if route is None and self._parameter_routes:
+            for candidate in self._parameter_routes.get(method, ()):
+                prefix = candidate.prefix
+                assert prefix is not None
+                if len(path) > len(prefix) and path.startswith(prefix) and "/" not in path[len(prefix):]:
+                    return candidate
+        return route
 
     async def answer_direct(self, route: DirectRoute, method: str, headers: list[tuple[bytes, bytes]], body: bytes,
-                            client: tuple[str, int] | None, *, too_large: bool = False) -> DirectAnswer:
+                            client: tuple[str, int] | None, *, too_large: bool = False,
+                            path: str | None = None) -> DirectAnswer:
         """A direct route's answer, inside the request context, with its metrics and request id
-        (`too_large`: the body was longer than the route's `max_body`, and not kept)."""
+        (`too_large`: the body was longer than the route's `max_body`, and not kept; `path`: the
+        request's, percent-decoded, which a route with a parameter needs)."""
         started = time.perf_counter()
         token, request_id = enter_request(headers, client)
         status = 500
@@ -177,7 +202,11 @@ class ServiceApp(FastAPI):
             if too_large:
                 status, out, payload = problem_answer(PayloadTooLarge(f"at most {route.max_body} bytes"), route.path)
             else:
-                status, out, payload = await route.handler(DirectRequest(self, method, route.path, headers, body))
+                param = None
+                if route.prefix is not None:
+                    param = (path or "")[len(route.prefix):]
+                status, out, payload = await route.handler(
+                    DirectRequest(self, method, route.path, headers, body, param))
             out.append((b"x-request-id", request_id.encode()))
             out.append((b"content-length", b"%d" % len(payload)))
             return status, out, payload
@@ -201,7 +230,7 @@ class ServiceApp(FastAPI):
                 too_large = size > route.max_body
                 status, headers, payload = await self.answer_direct(
                     route, scope["method"], scope["headers"], b"" if too_large else b"".join(chunks),
-                    scope.get("client"), too_large=too_large)
+                    scope.get("client"), too_large=too_large, path=scope["path"])
                 await send({"type": "http.response.start", "status": status, "headers": headers})
                 await send({"type": "http.response.body", "body": payload})
                 return

@@ -43,9 +43,11 @@ class _MessageEvent:
 class _DirectCycle:
     """A direct request in flight, where uvicorn keeps its current request-response cycle."""
 
-    def __init__(self, route: DirectRoute, method: str, headers: list[tuple[bytes, bytes]], keep_alive: bool):
+    def __init__(self, route: DirectRoute, method: str, path: str, headers: list[tuple[bytes, bytes]],
+                 keep_alive: bool):
         self.route = route
         self.method = method
+        self.path = path
         self.headers = headers
         self.keep_alive = keep_alive  # uvicorn's shutdown() sets it False
         self.response_complete = False
@@ -70,11 +72,12 @@ class DirectHttpProtocol(HttpToolsProtocol):
                 current is None or current.response_complete) and not self.parser.should_upgrade():
             method = self.parser.get_method().decode("ascii")
             raw = httptools.parse_url(self.url).path.decode("ascii")
-            route = app.direct_route(method, urllib.parse.unquote(raw) if "%" in raw else raw)
+            path = urllib.parse.unquote(raw) if "%" in raw else raw
+            route = app.direct_route(method, path)
             if route is not None:
                 keep_alive = self.parser.get_http_version() != "1.0" and self.parser.should_keep_alive()
                 self.direct = self.cycle = _DirectCycle(  # type: ignore[assignment]
-                    route, method, self.headers, keep_alive)
+                    route, method, path, self.headers, keep_alive)
                 if self.expect_100_continue:
                     self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
                 return
@@ -106,7 +109,7 @@ class DirectHttpProtocol(HttpToolsProtocol):
         try:
             status, headers, payload = await self.service_app.answer_direct(
                 direct.route, direct.method, direct.headers, b"" if too_large else b"".join(direct.body), self.client,
-                too_large=too_large)
+                too_large=too_large, path=direct.path)
         except Exception:  # answer_direct's handler answers its own errors: this is a bug, logged
             log.exception("unhandled error on %s %s", direct.method, direct.route.path)
             status, headers, payload = problem_answer(InternalError(), direct.route.path)

@@ -13,7 +13,7 @@ from dropslot_kit.app import ServiceApp, ServiceRuntime, create_service_app
 from .adapters import keys
 from .adapters.hotpath import HotPath, SlotBatcher
 from .api import router
-from .api.fast import MAX_BODY, PATH, reserve_answer
+from .api.fast import MAX_BODY, PATH, SLOT_PATH, reserve_answer, slot_answer
 from .config import Settings
 from .consumers import BookingHolder, build_consumers
 from .service import sweeper
@@ -62,4 +62,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     if settings.booking_fast_reserve:
         # Straight from the parsed request, inside the kit's request context, before FastAPI's layers.
         app.add_direct_route("POST", PATH, reserve_answer, max_body=MAX_BODY)
+        # The slot's public availability, which the crowd reloads: one statement, no FastAPI.
+        app.add_direct_route("GET", SLOT_PATH, slot_answer, max_body=0)
     return app

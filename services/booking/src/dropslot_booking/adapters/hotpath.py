@@ -32,6 +32,9 @@ SELECT s.id, s.drop_id, s.store_id, s.tenant_key, s.start_time, s.end_time, s.ca
 FROM booking.slots s JOIN booking.drops d ON d.drop_id = s.drop_id WHERE s.id = $1
 """
 
+# A slot's public availability (booking_0004): one statement, with the waiting-list count.
+SLOT_AVAILABILITY = "SELECT * FROM booking.slot_availability($1)"
+
 STORED = (
     "SELECT fingerprint, status, response::text AS response FROM booking.idempotency_keys"
     " WHERE user_id = $1 AND key = $2"
@@ -170,6 +173,10 @@ class HotPath:
     async def slot_view(self, slot_id: uuid.UUID) -> asyncpg.Record | None:
         assert self.pool is not None
         return await self.pool.fetchrow(SLOT_VIEW, slot_id)
+
+    async def slot_availability(self, slot_id: uuid.UUID) -> asyncpg.Record | None:
+        assert self.pool is not None
+        return await self.pool.fetchrow(SLOT_AVAILABILITY, slot_id)
 
     async def stored(self, user_id: uuid.UUID, key: str) -> asyncpg.Record | None:
         assert self.pool is not None

@@ -1,4 +1,5 @@
-"""`POST /api/v1/reservations` as a kit direct route: the one route a drop storm hits.
+"""`POST /api/v1/reservations` and `GET /api/v1/slots/{slot_id}` as kit direct routes: what a
+drop storm hits (reserving, and reloading a slot's availability).
 
 FastAPI's routing, dependency injection and response machinery cost about a millisecond of CPU
 per request here, more than the reservation itself. This handler does the same as the FastAPI
@@ -22,17 +23,21 @@ from dropslot_kit.auth import PROOF_HEADER
 from dropslot_kit.errors import (
     InternalError,
     InvalidToken,
+    NotFound,
     Problem,
     ServiceUnavailable,
     Unauthorized,
     problem_answer,
 )
+from pydantic import TypeAdapter, ValidationError
 
 from ..service import reserve
+from ..service.views import slot_body
 
 log = logging.getLogger("dropslot.booking.fast")
 
 PATH = "/api/v1/reservations"
+SLOT_PATH = "/api/v1/slots/{slot_id}"
 PROOF = PROOF_HEADER.encode()
 MAX_BODY = 16_384
 MAX_NOTE = 500
@@ -118,3 +123,41 @@ async def _reserve(req: DirectRequest) -> tuple[int, str]:
                        errors=[{"name": "Idempotency-Key", "reason": "1-255 characters",
                                 "loc": ["header", "Idempotency-Key"], "type": "string_too_long"}])
     return await reserve.reserve(state.rt.extras["booking"], principal, slot_id, note, key)
+
+
+_UUID = TypeAdapter(uuid.UUID)
+
+
+def _slot_id(param: str | None) -> uuid.UUID:
+    """The path's slot id, refused as FastAPI refuses a bad `slot_id: uuid.UUID` (same message)."""
+    try:
+        return _UUID.validate_python(param or "")
+    except ValidationError as exc:
+        reason = exc.errors()[0]["msg"]
+    raise _Invalid("Some fields are invalid",
+                   errors=[{"name": "path.slot_id", "reason": reason, "loc": ["path", "slot_id"],
+                            "type": "uuid_parsing"}])
+
+
+async def slot_answer(req: DirectRequest) -> DirectAnswer:
+    """The answer to `GET /api/v1/slots/{slot_id}` (public, no token): what the FastAPI route
+    answers (`service.slots.get`), read in one statement on the hot path's pool. Always a fresh
+    read, never a cached one: whoever has just reserved sees their seat gone."""
+    path = SLOT_PATH.replace("{slot_id}", req.param or "")
+    try:
+        slot_id = _slot_id(req.param)
+    except _Invalid as exc:
+        return problem_answer(exc)  # as FastAPI's validation answer: no instance
+    try:
+        row = await req.app.state.rt.extras["booking"].hot.slot_availability(slot_id)
+        if row is None:
+            raise NotFound("no such slot")
+        return 200, [(b"content-type", b"application/json")], orjson.dumps(slot_body(row))
+    except Problem as exc:
+        return problem_answer(exc, path)
+    except UNAVAILABLE as exc:
+        log.warning("slot read unavailable: %r", exc)
+        return problem_answer(ServiceUnavailable("try again in a moment", headers={"Retry-After": "1"}), SLOT_PATH)
+    except Exception:
+        log.exception("unhandled error on GET %s", SLOT_PATH)
+        return problem_answer(InternalError(), SLOT_PATH)
