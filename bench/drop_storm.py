@@ -263,6 +263,47 @@ async def storm(
         pool.close()
 
 
+async def slot_reads(running: Any, settings: Any, api: str, slot_ids: list[str], n: int,
+                     concurrency: int) -> dict[str, Any]:
+    """The crowd reloading availability: n public `GET /slots/{id}` (no token) through the gateway
+    at `concurrency` connections, each of a random slot of the (sold-out) 20-slot drop."""
+    await settle(running, settings)
+    say(f"slot reads: {n} GET /slots/{{id}} at {concurrency} connections")
+    url = urlsplit(api)
+    base, path = f"{url.scheme}://{url.netloc}", url.path
+    targets = [f"{path}/slots/{random.choice(slot_ids)}" for _ in range(n)]
+    pool = UpstreamPool(limit=concurrency, connect_timeout=10)
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    try:
+        async with asyncio.timeout(60):  # the connections, opened before the clock starts
+            await asyncio.gather(*(pool.request(base, "GET", targets[i], [], b"") for i in range(concurrency)))
+
+        async def worker() -> None:
+            while targets:
+                target = targets.pop()
+                t = time.perf_counter()
+                try:
+                    status, _, _ = await pool.request(base, "GET", target, [], b"")
+                except (ConnectFailed, UpstreamBroken):
+                    status = 0
+                latencies.append(1000 * (time.perf_counter() - t))
+                statuses[status] = statuses.get(status, 0) + 1
+
+        cpu0, t0 = cpu_seconds(running.system), time.perf_counter()
+        async with asyncio.timeout(STORM_TIMEOUT_SECONDS):
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        took, cpu1 = time.perf_counter() - t0, cpu_seconds(running.system)
+    finally:
+        pool.close()
+    out = {"reads": n, "reads_per_s": round(n / took, 1), "statuses": statuses,
+           "ms": {f"p{p}": round(pct(latencies, p), 1) for p in (50, 95, 99)},
+           "cpu_us_per_read": {k: round(1e6 * (cpu1[k] - cpu0.get(k, 0.0)) / n) for k in sorted(cpu1) if k in cpu0
+                               and not k.startswith("[machine idle")}}
+    say(f"  done: {out['reads_per_s']}/s, p99 {out['ms']['p99']} ms, statuses {statuses}")
+    return out
+
+
 def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
@@ -580,6 +621,7 @@ async def main_async(args: argparse.Namespace, running: Any, settings: Any) -> d
     for name, slot_ids, seats in (("hot slot", hot, args.hot_seats),
                                   (f"{args.slots} slots", spread, args.slots * args.slot_seats)):
         report["phases"].append(await run_phase(running, settings, [api], users, name, slot_ids, seats, args))
+    report["slot_reads"] = await slot_reads(running, settings, api, spread, len(users), args.concurrency)
 
     if args.diagnostics:
         # The same storm with the event consumers of the other services stopped, then straight at
@@ -630,6 +672,12 @@ def print_report(r: dict[str, Any]) -> None:
         print(f"   reserve transactions       {p['reserve_transactions']} (avg {p['avg_batch']} requests, "
               f"{p['avg_transaction_ms']} ms each)")
         print("   CPU % of one core          " + ", ".join(f"{k} {v}" for k, v in p["cpu_percent"].items()))
+    if r.get("slot_reads"):
+        sr = r["slot_reads"]
+        print(f"\n-- slot reads (GET /slots/{{id}}, public availability): {sr['reads']} at {sr['reads_per_s']}/s, "
+              f"p50/95/99 {sr['ms']['p50']} / {sr['ms']['p95']} / {sr['ms']['p99']} ms, statuses {sr['statuses']}")
+        print("   CPU µs per read             " + ", ".join(f"{k} {v}" for k, v in sr["cpu_us_per_read"].items()
+                                                            if v >= 5))
     c = r["db_ceiling"]
     print(f"\n-- database ceiling (one reservation per transaction, one hot row): {c['best']}/s "
           f"{c['per_connections']}")
