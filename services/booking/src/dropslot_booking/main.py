@@ -63,5 +63,6 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         # Straight from the parsed request, inside the kit's request context, before FastAPI's layers.
         app.add_direct_route("POST", PATH, reserve_answer, max_body=MAX_BODY)
         # The slot's public availability, which the crowd reloads: one statement, no FastAPI.
-        app.add_direct_route("GET", SLOT_PATH, slot_answer, max_body=0)
+        # (A body, which FastAPI would ignore, is ignored too.)
+        app.add_direct_route("GET", SLOT_PATH, slot_answer)
     return app

@@ -157,7 +157,7 @@ async def slot_answer(req: DirectRequest) -> DirectAnswer:
         return problem_answer(exc, path)
     except UNAVAILABLE as exc:
         log.warning("slot read unavailable: %r", exc)
-        return problem_answer(ServiceUnavailable("try again in a moment", headers={"Retry-After": "1"}), SLOT_PATH)
+        return problem_answer(ServiceUnavailable("try again in a moment", headers={"Retry-After": "1"}), path)
     except Exception:
-        log.exception("unhandled error on GET %s", SLOT_PATH)
-        return problem_answer(InternalError(), SLOT_PATH)
+        log.exception("unhandled error on GET %s", path)
+        return problem_answer(InternalError(), path)
