@@ -109,10 +109,14 @@ def spans() -> Iterator[InMemorySpanExporter]:
     """Tracing on in this process (the kit's provider, as with an OTLP endpoint)."""
     exporter = InMemorySpanExporter()
     processor = _UntilModuleEnds(exporter)
+    was = telemetry._provider
     telemetry.add_span_processor("dropslot-test", processor)
     yield exporter
     processor.on = False
     exporter.clear()
+    # The kit's "tracing is on" goes back to what it was: with it on, every later test of this
+    # process would take the services' traced paths (FastAPI instead of the direct routes).
+    telemetry._provider = was
 
 
 async def test_one_trace_from_the_gateway_request_to_the_consumer_of_its_event(spans, audit_db, keys):
