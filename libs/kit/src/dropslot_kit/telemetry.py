@@ -144,9 +144,15 @@ def setup_tracing(service: str, otlp_endpoint: str | None, trace_file: str | Non
 def _ensure_provider(service: str) -> TracerProvider:
     global _provider
     if _provider is None:
-        _provider = TracerProvider(resource=Resource.create({"service.name": service}))
-        trace.set_tracer_provider(_provider)
-        _instrument_http_clients()
+        current = trace.get_tracer_provider()
+        if isinstance(current, TracerProvider):
+            # OpenTelemetry's global provider is set once per process and never replaced: if one
+            # was set before (tracing turned on, then off again, as tests do), it is the one.
+            _provider = current
+        else:
+            _provider = TracerProvider(resource=Resource.create({"service.name": service}))
+            trace.set_tracer_provider(_provider)
+            _instrument_http_clients()
     return _provider
 
 
