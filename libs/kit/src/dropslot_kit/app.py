@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -158,7 +159,7 @@ class ServiceApp(FastAPI):
         super().__init__(*args, **kwargs)
         self.service = service
         self.direct_routes: dict[tuple[str, str], DirectRoute] = {}
-        self._parameter_routes: dict[str, list[DirectRoute]] = {}  # method -> routes ending in {name}
+        self._parameter_routes: dict[str, list[tuple[str, DirectRoute]]] = {}  # method -> (prefix, route)
 
     def add_direct_route(self, method: str, path: str, handler: DirectHandler, *, max_body: int = 65_536) -> None:
         """`path` is literal, or ends in one parameter segment (`/api/v1/slots/{slot_id}`): that
@@ -166,15 +167,14 @@ class ServiceApp(FastAPI):
         the segment as `DirectRequest.param`."""
         prefix = None
         if "{" in path or "}" in path:
-            prefix = path[: path.rindex("/") + 1]
-            name = path[len(prefix):]
-            if ("{" in prefix or "}" in prefix or not (name.startswith("{") and name.endswith("}"))
-                    or "{" in name[1:-1] or "}" in name[1:-1]):
+            head, _, last = path.rpartition("/")
+            if "{" in head or "}" in head or not re.fullmatch(r"\{[^{}/]+\}", last):
                 raise ValueError(f"a direct route may have one parameter, as its last segment: {path}")
+            prefix = head + "/"
         route = DirectRoute(path, handler, max_body, prefix)
         self.direct_routes[(method, path)] = route
         if prefix is not None:
-            self._parameter_routes.setdefault(method, []).append(route)
+            self._parameter_routes.setdefault(method, []).append((prefix, route))
 
     def direct_route(self, method: str, path: str) -> DirectRoute | None:
         """The direct route for this request, if it has one now (none while tracing is on)."""
@@ -182,9 +182,7 @@ class ServiceApp(FastAPI):
             return None
         route = self.direct_routes.get((method, path))
         if route is None and self._parameter_routes:
-            for candidate in self._parameter_routes.get(method, ()):
-                prefix = candidate.prefix
-                assert prefix is not None
+            for prefix, candidate in self._parameter_routes.get(method, ()):
                 if len(path) > len(prefix) and path.startswith(prefix) and "/" not in path[len(prefix):]:
                     return candidate
         return route

@@ -99,6 +99,13 @@ def _json_object(segment: str) -> dict[str, Any]:
     return value
 
 
+def _keep(cache: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """Put key in a cache of at most `limit` entries, forgetting the oldest first."""
+    if len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
 def gateway_proof(key: str, token: str) -> str:
     """What the gateway forwards beside a token it verified (see the module docstring)."""
     mac = hmac.digest(key.encode(), token.encode("latin-1"), "sha256")  # one-shot, in C
@@ -223,9 +230,7 @@ class JWKSVerifier:
             return known
         made = gateway_proof(self.proof_keys[0], token)
         if self.verified_ttl > 0:
-            if len(self._proofs) >= self.verified_max:
-                del self._proofs[next(iter(self._proofs))]
-            self._proofs[token] = made
+            _keep(self._proofs, token, made, self.verified_max)
         return made
 
     def _proven(self, token: str, proof: str | None) -> bool:
@@ -263,9 +268,7 @@ class JWKSVerifier:
     def _remember(self, token: str, principal: Principal) -> None:
         if self.verified_ttl > 0:
             exp = float(principal.claims["exp"]) + self.leeway
-            if len(self._verified) >= self.verified_max:
-                del self._verified[next(iter(self._verified))]  # the oldest remembered
-            self._verified[token] = (principal, min(exp, time.time() + self.verified_ttl))
+            _keep(self._verified, token, (principal, min(exp, time.time() + self.verified_ttl)), self.verified_max)
 
     async def _verify(self, token: str) -> Principal:
         """Signature and claims."""

@@ -23,7 +23,6 @@ from dropslot_kit.auth import PROOF_HEADER
 from dropslot_kit.errors import (
     InternalError,
     InvalidToken,
-    NotFound,
     Problem,
     ServiceUnavailable,
     Unauthorized,
@@ -31,8 +30,7 @@ from dropslot_kit.errors import (
 )
 from pydantic import TypeAdapter, ValidationError
 
-from ..service import reserve
-from ..service.views import slot_body
+from ..service import reserve, slots
 
 log = logging.getLogger("dropslot.booking.fast")
 
@@ -140,19 +138,17 @@ def _slot_id(param: str | None) -> uuid.UUID:
 
 
 async def slot_answer(req: DirectRequest) -> DirectAnswer:
-    """The answer to `GET /api/v1/slots/{slot_id}` (public, no token): what the FastAPI route
-    answers (`service.slots.get`), read in one statement on the hot path's pool. Always a fresh
-    read, never a cached one: whoever has just reserved sees their seat gone."""
+    """The answer to `GET /api/v1/slots/{slot_id}` (public, no token): the FastAPI route's
+    (`service.slots.get`, one statement) without FastAPI's layers. Always a fresh read, never a
+    cached one: whoever has just reserved sees their seat gone."""
     path = SLOT_PATH.replace("{slot_id}", req.param or "")
     try:
         slot_id = _slot_id(req.param)
     except _Invalid as exc:
         return problem_answer(exc)  # as FastAPI's validation answer: no instance
     try:
-        row = await req.app.state.rt.extras["booking"].hot.slot_availability(slot_id)
-        if row is None:
-            raise NotFound("no such slot")
-        return 200, [(b"content-type", b"application/json")], orjson.dumps(slot_body(row))
+        body = await slots.get(req.app.state.rt.extras["booking"], slot_id)
+        return 200, [(b"content-type", b"application/json")], orjson.dumps(body)
     except Problem as exc:
         return problem_answer(exc, path)
     except UNAVAILABLE as exc:

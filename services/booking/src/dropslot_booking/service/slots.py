@@ -169,9 +169,9 @@ async def list_for_drop(bk: Booking, drop_id: uuid.UUID, *, limit: int, cursor: 
 
 
 async def get(bk: Booking, slot_id: uuid.UUID) -> dict[str, Any]:
-    async with bk.db.uow() as uow:
-        await set_scope(uow.conn, all_rows=True)
-        slot = await repo.get_slot(uow.conn, slot_id)
+    """A slot's public availability: one statement (`booking.slot_availability`, which counts
+    the waiting list over every user) on the hot path's pool, for the direct route and FastAPI's."""
+    slot = await bk.hot.slot_availability(slot_id)
     if slot is None:
         raise NotFound("no such slot")
     return slot_body(slot)
