@@ -529,10 +529,9 @@ async def pending_mail(settings: Any) -> int:
     """Mails notifications still has to send (its sender's queue, not RabbitMQ's): due now, or
     leased to its sender, which is sending them. A leased mail stays PENDING with its next
     attempt pushed a lease ahead (`notifications_lease_seconds`); counting only those due now,
-    a storm began while the sender was still delivering its last batch of sign-up mails (up to
-    `notifications_send_batch`, each rendered, sent over SMTP, recorded, and its
-    `notification.sent` event relayed and consumed): in a refusal storm's first round that was
-    ~25 µs of notifications' CPU and ~25 µs of PostgreSQL's per request."""
+    a storm could begin while the sender was still delivering its last batch of sign-up mails (up
+    to `notifications_send_batch`, each rendered, sent over SMTP, recorded, and its
+    `notification.sent` event relayed and consumed)."""
     from dropslot_notifications.config import Settings as NotificationSettings
 
     lease = NotificationSettings.model_fields["notifications_lease_seconds"].default

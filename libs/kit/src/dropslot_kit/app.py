@@ -159,7 +159,7 @@ class ServiceApp(FastAPI):
         super().__init__(*args, **kwargs)
         self.service = service
         self.direct_routes: dict[tuple[str, str], DirectRoute] = {}
-        self._parameter_routes: dict[str, list[tuple[str, DirectRoute]]] = {}  # method -> (prefix, route)
+        self._parameter_routes: dict[str, list[DirectRoute]] = {}  # method -> its routes with a parameter
 
     def add_direct_route(self, method: str, path: str, handler: DirectHandler, *, max_body: int = 65_536) -> None:
         """`path` is literal, or ends in one parameter segment (`/api/v1/slots/{slot_id}`): that
@@ -174,7 +174,7 @@ class ServiceApp(FastAPI):
         route = DirectRoute(path, handler, max_body, prefix)
         self.direct_routes[(method, path)] = route
         if prefix is not None:
-            self._parameter_routes.setdefault(method, []).append((prefix, route))
+            self._parameter_routes.setdefault(method, []).append(route)
 
     def direct_route(self, method: str, path: str) -> DirectRoute | None:
         """The direct route for this request, if it has one now (none while tracing is on)."""
@@ -182,7 +182,9 @@ class ServiceApp(FastAPI):
             return None
         route = self.direct_routes.get((method, path))
         if route is None and self._parameter_routes:
-            for prefix, candidate in self._parameter_routes.get(method, ()):
+            for candidate in self._parameter_routes.get(method, ()):
+                prefix = candidate.prefix
+                assert prefix is not None
                 if len(path) > len(prefix) and path.startswith(prefix) and "/" not in path[len(prefix):]:
                     return candidate
         return route
