@@ -29,5 +29,5 @@ def test_only_stores_and_store_roles_reach_the_handler() -> None:
         _env("identity.role.granted", user_id=user, code="platform_admin"),
         _env("identity.role.granted", user_id=user, code="store_staff"),  # no store: nothing to keep
     ]
-    assert [consumer.wants(e) for e in wanted] == [True] * 3
-    assert [consumer.wants(e) for e in ignored] == [False] * 3
+    assert [consumer.wants(e.type, e.data) for e in wanted] == [True] * 3
+    assert [consumer.wants(e.type, e.data) for e in ignored] == [False] * 3

@@ -12,11 +12,13 @@ import contextlib
 import uuid
 
 import aio_pika
+import orjson
 import pytest
 from dropslot_contracts import Envelope
 from dropslot_contracts.events.catalog import StoreUpdated
 from dropslot_kit.broker import EventConsumers, Messaging, json_events_in
 from dropslot_kit.db import Database
+from dropslot_kit.dlq import peek
 from dropslot_kit.outbox import OutboxRelay
 from dropslot_kit.settings import KitSettings
 from dropslot_kit.testing import drop_test_resources, eventually, fresh_settings
@@ -51,7 +53,7 @@ class Harness:
         self.consumer_db = Database(self.consumer_settings)
         consumers = EventConsumers("audit")
 
-        @consumers.on("catalog.store.*", name=self.handler, wants=lambda env: env.data["name"] not in self.skip_names)
+        @consumers.on("catalog.store.*", name=self.handler, wants=lambda _type, data: data["name"] not in self.skip_names)
         async def record(env: Envelope, uow) -> None:
             if env.data["name"] in self.fail_names:
                 raise RuntimeError("poison")
@@ -197,6 +199,26 @@ async def test_events_the_handler_does_not_want_are_acknowledged_without_touchin
         assert queue.declaration_result.message_count == 0  # acknowledged, not left behind or requeued
 
 
+async def test_what_is_not_an_envelope_is_dead_lettered_though_wants_reads_it_first(harness, test_settings):
+    """`wants` reads the JSON before validation: a body that is not JSON, and an event without a
+    type and data to judge, still go to the dead-letter queue, and the events after them flow."""
+    harness.skip_names.add("free")
+    qname = f"{test_settings.broker_namespace}.audit.{harness.handler}"
+    good = Envelope.wrap(store_event("free"), producer="catalog").model_dump(mode="json")
+    for body in (b"not json", orjson.dumps([good, {"id": "no type, no data"}])):
+        await harness.producer.publish_raw("catalog.store.updated", body, message_id=str(uuid.uuid4()), headers={})
+    await harness.emit("after-poison")
+    await eventually(lambda: _has(harness, "after-poison"), what="the event after the poison")
+
+    async def both_dead():
+        rows = await peek(test_settings, qname)
+        return rows if len(rows) == 2 else None
+
+    rows = await eventually(both_dead, timeout=20, what="both poison messages in the DLQ")
+    assert all("not an envelope" in row["error"] for row in rows)
+    assert "free" not in await harness.effects()
+
+
 async def test_a_burst_is_handled_in_few_transactions_each_event_once(harness):
     names = [f"burst-{i}" for i in range(300)]
     await harness.emit(*names)
@@ -269,7 +291,6 @@ async def test_a_failing_event_in_a_batch_fails_alone(harness, test_settings):
     harness.start_relay()
     await eventually(lambda: _has(harness, *names), timeout=30, what="the batch-mates")
     qname = f"{test_settings.broker_namespace}.audit.{harness.handler}"
-    from dropslot_kit.dlq import peek
 
     dead = await eventually(lambda: peek(test_settings, qname), timeout=20, what="the bad event in the DLQ")
     assert len(dead) == 1 and "poison" in dead[0]["error"]
@@ -335,7 +356,7 @@ async def test_duplicates_inside_one_batch_take_effect_once(harness):
 
 
 async def test_dead_lettered_message_can_be_listed_and_replayed(harness, test_settings):
-    from dropslot_kit.dlq import peek, replay
+    from dropslot_kit.dlq import replay
 
     harness.fail_names.add("flaky")
     await harness.emit("flaky")

@@ -89,11 +89,10 @@ async def member_store_ids(conn: AsyncConnection, principal: Principal, roles: I
     return {r[0] for r in rows} | principal.store_ids(*roles)
 
 
-def _about_a_store(env: Envelope) -> bool:
+def _about_a_store(event_type: str, data: dict[str, Any]) -> bool:
     """A store's creation or a store role: every sign-up grants the customer role, which no
     service keeps, so those are acknowledged without a transaction (in five services)."""
-    d = env.data
-    return env.type == "catalog.store.created" or bool(d.get("store_id") and d.get("code") in STAFF)
+    return event_type == "catalog.store.created" or bool(data.get("store_id") and data.get("code") in STAFF)
 
 
 def consume_memberships(consumers: EventConsumers) -> None:
@@ -105,7 +104,7 @@ def consume_memberships(consumers: EventConsumers) -> None:
         d = env.data
         if env.type == "catalog.store.created":
             await grant(uow.conn, uuid.UUID(d["store_id"]), uuid.UUID(d["owner_user_id"]), "store_owner")
-        elif _about_a_store(env):
+        elif _about_a_store(env.type, d):
             store, user = uuid.UUID(d["store_id"]), uuid.UUID(d["user_id"])
             if env.type == "identity.role.granted":
                 await grant(uow.conn, store, user, d["code"])

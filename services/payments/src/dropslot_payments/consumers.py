@@ -4,6 +4,8 @@ memberships for the owner-only refund."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from dropslot_contracts import Envelope
 from dropslot_kit.broker import EventConsumers
 from dropslot_kit.db import UnitOfWork
@@ -18,13 +20,13 @@ BOOKING_EVENTS = (
 )
 
 
-def _may_need_payment(env: Envelope) -> bool:
+def _may_need_payment(event_type: str, data: dict[str, Any]) -> bool:
     """False only for a reservation event that plainly needs no payment (a free drop's): in a
     storm on a free drop those are nearly all booking publishes, and payments would otherwise
-    spend a transaction and an inbox row on each just to ignore it. Anything else (including
-    a shape it does not recognise) goes to the handler."""
-    r = env.data.get("reservation")
-    if env.type == "booking.refund.requested" or not isinstance(r, dict):
+    validate each, and spend a transaction and an inbox row on it, just to ignore it. Anything
+    else (including a shape it does not recognise) goes to the handler."""
+    r = data.get("reservation")
+    if event_type == "booking.refund.requested" or not isinstance(r, dict):
         return True
     return r.get("requires_payment") is not False and r.get("amount_cents") != 0
 
