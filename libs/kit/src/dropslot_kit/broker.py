@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -135,21 +134,15 @@ def envelopes_in(body: bytes) -> list[Envelope]:
     return [Envelope.model_validate_json(body)]
 
 
-def raw_events_in(body: bytes) -> list[Any]:
-    """The events a message carries as parsed JSON, not yet validated (what `wants` reads).
-    ValueError if the body is not JSON, or an empty array."""
+def json_events_in(body: bytes) -> list[Any]:
+    """The events a message carries as parsed JSON, not validated (what `wants` reads; taps and
+    tools that do not validate). ValueError if the body is not JSON, or an empty array."""
     data = orjson.loads(body)  # orjson.JSONDecodeError is a ValueError
     if isinstance(data, list):
         if not data:
             raise ValueError("an empty list of events")
         return data
     return [data]
-
-
-def json_events_in(body: bytes) -> list[dict[str, Any]]:
-    """`envelopes_in` as plain JSON objects (for taps and tools that do not validate)."""
-    data = json.loads(body)
-    return data if isinstance(data, list) else [data]
 
 
 def _queue_description(consumer: Consumer) -> str:
@@ -488,7 +481,7 @@ class Messaging:
             else:
                 # Events the handler does not want are acknowledged with the message, here, from
                 # the JSON alone: not validated, no task each (payments and a free drop's storm).
-                events = raw_events_in(raw)
+                events = json_events_in(raw)
                 wanted = [event for event in events if _wanted(consumer, event)]
                 if len(wanted) < len(events):
                     telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(
