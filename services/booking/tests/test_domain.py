@@ -1,9 +1,11 @@
-"""Booking's rules without I/O: capacity arithmetic, rule decisions, states, check-in tokens."""
+"""Booking's rules without I/O: capacity arithmetic, rule decisions, states, check-in tokens, and
+how long a replica's cache repeats a refusal."""
 
 from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -11,6 +13,7 @@ import pytest
 from dropslot_booking.domain import rules, states
 from dropslot_booking.domain.capacity import Capacity
 from dropslot_booking.domain.tokens import CheckinTokens, InvalidCheckinToken, SigningKey
+from dropslot_booking.service.runtime import SlotCache
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -191,3 +194,26 @@ def test_a_reserve_batch_writes_every_created_event_then_every_confirmed_one() -
     assert rks == ["booking.reservation.created"] * 3 + ["booking.reservation.confirmed"] * 3
     assert owners == [1, 2, 3, 1, 2, 3]
     assert ids == [s.outbox[0].id for s in seats] + [s.outbox[1].id for s in seats]
+
+
+# --- how long a replica repeats "sold out" (what the gateway is told, kit refusals) -------------
+def test_a_sold_out_slot_is_repeatable_for_the_cache_life_left_and_never_past_its_start() -> None:
+    slot = uuid.uuid4()
+    view = {"drop_status": "LIVE", "sellable": True, "capacity_total": 5, "capacity_reserved": 4,
+            "capacity_waitlist": 1, "start_time": NOW + timedelta(hours=1), "require_verified_email": False}
+    cache = SlotCache(0.25)
+    assert cache.sold_out_for(slot, NOW) is None  # nothing cached
+    cache.entries[slot] = (time.monotonic() - 0.1, view)
+    left, verified_only = cache.sold_out_for(slot, NOW) or (0.0, True)
+    assert 0.1 < left <= 0.15 and verified_only is False
+    cache.entries[slot] = (time.monotonic(), {**view, "require_verified_email": True})
+    assert (cache.sold_out_for(slot, NOW) or (0, False))[1] is True
+    almost = view["start_time"] - timedelta(seconds=0.05)  # the slot starts sooner than the cache ends
+    assert 0 < (cache.sold_out_for(slot, almost) or (1.0, False))[0] <= 0.05
+    for other in ({"capacity_waitlist": 0}, {"drop_status": "PAUSED"}, {"sellable": False}):
+        cache.entries[slot] = (time.monotonic(), {**view, **other})  # a seat free, or another refusal
+        assert cache.sold_out_for(slot, NOW) is None, other
+    cache.entries[slot] = (time.monotonic() - 0.3, view)  # stale: the replica would read it again
+    assert cache.sold_out_for(slot, NOW) is None
+    cache.entries[slot] = (time.monotonic(), view)
+    assert cache.sold_out_for(slot, view["start_time"]) is None  # started: slot-closed from now on

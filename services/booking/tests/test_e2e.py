@@ -5,6 +5,7 @@ the invariant query, which reads booking's schema directly."""
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from dropslot_booking.adapters.invariants import violations
+from dropslot_kit.auth import PROOF_HEADER, gateway_proof
 from dropslot_kit.db import Database
 from dropslot_kit.testing import create_store, eventually, sign_up
 
@@ -225,3 +227,103 @@ async def test_unpaid_hold_expires_and_the_seat_returns(
     r = await http.post("/reservations", headers=next_user["headers"], json={"slot_id": slot["id"]})
     assert r.status_code == 201
     assert await invariants(booking_db) == []
+
+
+def metric(text: str, name: str) -> float:
+    """A counter's value in a Prometheus text page (0 if it was never incremented)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def test_the_gateway_repeats_a_sold_out_refusal_but_not_over_a_stored_answer(
+    http: httpx.AsyncClient, crowd: list[dict[str, Any]], booking_db: Database, system: Any
+) -> None:
+    """Booking marks its sold-out answers as repeatable; the gateway then gives them itself (kit
+    refusals), byte for byte, except to a request whose Idempotency-Key has a stored answer:
+    a retry of a reservation that succeeded still gets its 201, a key reused for another
+    request its 422. A cancellation through the gateway shows the freed seat at once."""
+    owner, buyer, other, late = crowd[10], crowd[11], crowd[12], crowd[13]
+    fans = crowd[14:44]
+    _, drop = await live_drop(http, owner)
+    # Starting in three hours: the customer may cancel until an hour before (the rule's default).
+    slot = await make_slot(http, owner, drop, capacity=1, start_in=timedelta(hours=3))
+    second = await make_slot(http, owner, drop, capacity=1, start_in=timedelta(hours=4))
+    key = uuid.uuid4().hex
+    first = await http.post("/reservations", headers={**buyer["headers"], "Idempotency-Key": key},
+                            json={"slot_id": slot["id"]})
+    assert first.status_code == 201, first.text
+    r = await http.post("/reservations", headers=other["headers"], json={"slot_id": second["id"]})
+    assert r.status_code == 201, r.text
+
+    async with httpx.AsyncClient(base_url=system.url, timeout=20) as root:
+        async def repeated() -> float:
+            return metric((await root.get("/metrics")).text, "gateway_refusals_repeated_total")
+
+        refusal = None
+        start = await repeated()
+        for _ in range(50):  # rounds until the gateway has repeated refusals (booking's cache life is 0.25 s)
+            answers = await asyncio.gather(
+                http.post("/reservations", headers={**buyer["headers"], "Idempotency-Key": key},
+                          json={"slot_id": slot["id"]}),  # the retry of a success
+                http.post("/reservations", headers={**buyer["headers"], "Idempotency-Key": key},
+                          json={"slot_id": second["id"]}),  # the same key for another request
+                *(http.post("/reservations", headers={**f["headers"], "Idempotency-Key": uuid.uuid4().hex},
+                            json={"slot_id": slot["id"]}) for f in fans),
+                *(http.post("/reservations", headers=f["headers"], json={"slot_id": slot["id"]}) for f in fans[:5]),
+            )
+            retry, reused, refused = answers[0], answers[1], answers[2:]
+            assert retry.status_code == 201 and retry.content == first.content
+            assert reused.status_code == 422 and slug(reused) == "idempotency-key-reused", reused.text
+            assert {r.status_code for r in refused} == {409}
+            assert len({r.content for r in refused}) == 1  # the same bytes, from booking or the gateway
+            assert all("x-dropslot-repeatable-refusal" not in r.headers for r in answers)
+            assert len({r.headers["x-request-id"] for r in refused}) == len(refused)
+            refusal = refused[0]
+            if await repeated() > start:
+                break
+        else:
+            raise AssertionError("the gateway never repeated a sold-out refusal")
+    assert refusal is not None and slug(refusal) == "sold-out" and refusal.json()["slot_id"] == slot["id"]
+    assert refusal.headers["content-type"] == "application/problem+json"
+    # What the gateway asks booking about the buyer's key: it has a stored answer.
+    proof_key = json.loads(system.system.env["DROPSLOT_GATEWAY_PROOF_KEYS"])[0]
+    body = json.dumps({"keys": [[str(uuid.uuid4()), key], [buyer["id"], key]]})
+    async with httpx.AsyncClient(base_url=system.service_url("booking-2"), timeout=20) as booking:
+        r = await booking.post("/internal/v1/idempotency-lookups", content=body,
+                               headers={PROOF_HEADER: gateway_proof(proof_key, body)})
+    assert r.status_code == 200 and r.json() == {"found": [1]}, r.text
+
+    # The buyer cancels through the gateway: the next request is not refused from memory.
+    r = await http.post(f"/reservations/{first.json()['id']}/cancel", headers=buyer["headers"])
+    assert r.status_code == 200, r.text
+
+    async def seat_taken() -> bool:
+        r = await http.post("/reservations", headers=late["headers"], json={"slot_id": slot["id"]})
+        return r.status_code == 201
+
+    # Another replica may still hold its own 0.25 s read of the slot.
+    await eventually(seat_taken, timeout=5, interval=0.1, what="the freed seat to be reserved")
+    assert (await http.get(f"/slots/{slot['id']}")).json()["capacity_reserved"] == 1
+    assert await invariants(booking_db) == []
+
+
+async def test_only_the_gateway_may_look_up_idempotency_keys(system: Any) -> None:
+    """Booking's lookup behind the gateway's repeated refusals answers only a body the gateway
+    vouched for, and is no public path."""
+    body = json.dumps({"keys": [[str(uuid.uuid4()), "never-used"]]})
+    key = json.loads(system.system.env["DROPSLOT_GATEWAY_PROOF_KEYS"])[0]
+    path = "/internal/v1/idempotency-lookups"
+    async with httpx.AsyncClient(base_url=system.service_url("booking-1"), timeout=20) as booking:
+        for proof in (None, "forged", gateway_proof(key, body + " ")):
+            r = await booking.post(path, content=body, headers={"content-type": "application/json",
+                                                                **({PROOF_HEADER: proof} if proof else {})})
+            assert r.status_code == 403 and slug(r) == "forbidden", r.text
+        r = await booking.post(path, content=body, headers={PROOF_HEADER: gateway_proof(key, body)})
+        assert r.status_code == 200 and r.json() == {"found": []}, r.text
+        bad = json.dumps({"keys": [["not-a-uuid", "k"]]})
+        r = await booking.post(path, content=bad, headers={PROOF_HEADER: gateway_proof(key, bad)})
+        assert r.status_code == 422, r.text
+    async with httpx.AsyncClient(base_url=system.url, timeout=20) as root:
+        assert (await root.post(path, content=body)).status_code == 404

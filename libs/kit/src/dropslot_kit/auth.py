@@ -233,10 +233,17 @@ class JWKSVerifier:
             _keep(self._proofs, token, made, self.verified_max)
         return made
 
-    def _proven(self, token: str, proof: str | None) -> bool:
+    def proven(self, text: str, proof: str | None) -> bool:
+        """Whether `proof` is the gateway's for this exact text (a token, or a body the gateway
+        sends on its own behalf: see `vouch`), under any of the keys."""
         if not proof or not self.proof_keys:
             return False
-        return any(hmac.compare_digest(gateway_proof(k, token), proof) for k in self.proof_keys)
+        return any(hmac.compare_digest(gateway_proof(k, text), proof) for k in self.proof_keys)
+
+    def vouch(self, text: str) -> str | None:
+        """The gateway's proof for a request it makes itself (its body's text), not remembered;
+        None without keys."""
+        return gateway_proof(self.proof_keys[0], text) if self.proof_keys else None
 
     async def verify(self, token: str, proof: str | None = None) -> Principal:
         hit = self._verified.get(token)
@@ -244,7 +251,7 @@ class JWKSVerifier:
             if time.time() < hit[1]:
                 return hit[0]
             del self._verified[token]
-        if self._proven(token, proof):
+        if self.proven(token, proof):
             principal = self._claims(_segments(token)[1])
         else:
             principal = await self._verify(token)

@@ -8,12 +8,13 @@ correctness.
 
 from __future__ import annotations
 
+from dropslot_kit import refusals
 from dropslot_kit.app import ServiceApp, ServiceRuntime, create_service_app
 
 from .adapters import keys
 from .adapters.hotpath import HotPath, SlotBatcher
 from .api import router
-from .api.fast import MAX_BODY, PATH, SLOT_PATH, reserve_answer, slot_answer
+from .api.fast import MAX_BODY, PATH, SLOT_PATH, lookup_answer, reserve_answer, slot_answer
 from .config import Settings
 from .consumers import BookingHolder, build_consumers
 from .service import sweeper
@@ -65,4 +66,7 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
         # The slot's public availability, which the crowd reloads: one statement, no FastAPI.
         # (A body, which FastAPI would ignore, is ignored too.)
         app.add_direct_route("GET", SLOT_PATH, slot_answer)
+        # The gateway's question behind its repeated sold-out answers (kit refusals): only while
+        # the reserve route is direct does booking mark refusals the gateway may repeat.
+        app.add_direct_route("POST", refusals.LOOKUP_PATH, lookup_answer, max_body=400 * refusals.MAX_LOOKUP)
     return app

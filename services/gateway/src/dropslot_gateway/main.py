@@ -5,6 +5,10 @@ connections per replica (upstream.py: an httpx-based proxy cost ~2.5 ms CPU per 
 aiohttp ~0.3 ms, ours less), local JWT checks with cached keys,
 bodies passed through unparsed, replicas balanced round-robin. A token checked here is
 forwarded with the gateway's proof (kit auth), so the service does not check its signature again.
+
+One exception to "thin": booking's sold-out refusals, which booking marks as repeatable, are
+given again here for as long as booking's own cache would give them (refusals.py), reading the
+body of a reservation request only while such a refusal is remembered.
 """
 
 from __future__ import annotations
@@ -19,13 +23,14 @@ import time
 from typing import Any
 
 import aiohttp
-from dropslot_kit import heap, telemetry
-from dropslot_kit.auth import PROOF_HEADER, JWKSVerifier
+from dropslot_kit import heap, refusals, telemetry
+from dropslot_kit.auth import PROOF_HEADER, JWKSVerifier, Principal
 from dropslot_kit.errors import InvalidToken, NotFound, Problem, RateLimited, problem_answer
 from opentelemetry.trace import SpanKind, StatusCode
 
 from .config import Settings
 from .ratelimit import RateLimiter
+from .refusals import RESERVE_PATH, Refusals
 from .routes import service_for
 from .server import Request
 from .upstream import ConnectFailed, UpstreamBroken, UpstreamPool
@@ -43,7 +48,7 @@ OURS_TO_SET = {b"x-real-ip", b"x-request-id", PROOF}
 # Identity's answers that carry a newly issued access token (API.md: auth).
 ISSUING_PATHS = {"/api/v1/auth/login", "/api/v1/auth/refresh"}
 RESP_DROP = {b"connection", b"keep-alive", b"transfer-encoding", b"content-length", b"server", b"date",
-             b"x-request-id"}
+             b"x-request-id", refusals.HEADER}
 
 
 class BadGateway(Problem):
@@ -78,6 +83,7 @@ class Gateway:
         self.session: aiohttp.ClientSession | None = None  # /ready and /openapi.json, off the hot path
         self.pool: UpstreamPool | None = None
         self.limiter: RateLimiter | None = None
+        self.refusals: Refusals | None = None  # booking's repeatable refusals (refusals.py)
         self._openapi: bytes | None = None
         self.trusted = [ipaddress.ip_network(n) for n in self.settings.trusted_proxies]
 
@@ -102,6 +108,8 @@ class Gateway:
         self.pool = UpstreamPool(limit=self.settings.max_connections_per_upstream,
                                  connect_timeout=self.settings.connect_timeout_seconds,
                                  timeout=self.settings.upstream_timeout_seconds)
+        if "booking" in self.upstreams:
+            self.refusals = Refusals(self.pool, self.upstreams["booking"].order, self.verifier.vouch)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         if self.settings.rate_limit_enabled:
             self.limiter = RateLimiter(
@@ -114,6 +122,8 @@ class Gateway:
     async def shutdown(self) -> None:
         if self.session is not None:
             await self.session.close()
+        if self.refusals is not None:
+            await self.refusals.close()
         if self.pool is not None:
             self.pool.close()
         if self.limiter is not None:
@@ -193,11 +203,14 @@ class Gateway:
         headers: list[tuple[bytes, bytes]] = []
         auth: bytes | None = None
         xff: bytes | None = None
+        idempotency_key: bytes | None = None
         for k, v in req.headers:
             if k in HOP_BY_HOP:
                 continue
             if k == b"authorization":
                 auth = v
+            elif k == b"idempotency-key":
+                idempotency_key = v
             elif k == b"x-forwarded-for":
                 xff = v
                 continue
@@ -211,6 +224,7 @@ class Gateway:
         headers.append((b"x-request-id", request_id))
 
         user_key: str | None = None
+        principal: Principal | None = None
         # /auth/* is identity's own door (sign-in, refresh with a stale access token still
         # attached, ...): identity checks what it needs; everything else is checked here first.
         if auth is not None and not req.path.startswith("/api/v1/auth/"):
@@ -227,6 +241,12 @@ class Gateway:
         self._rate_limit(method, req.path, client_ip, user_key)
 
         body, target = req.body, req.target
+        shortcut = self.refusals
+        if (shortcut is not None and shortcut.slots and principal is not None and method == "POST"
+                and req.path == RESERVE_PATH):
+            refusal = await shortcut.answer(body, principal, idempotency_key)
+            if refusal is not None:
+                return refusal.status, [(b"x-request-id", request_id), *refusal.headers], refusal.body
         last_error: Exception | None = None
         for base_url in self.upstreams[service].order():
             try:  # the pool bounds the request by upstream_timeout_seconds (TimeoutError)
@@ -252,6 +272,16 @@ class Gateway:
             keep_length = method == "HEAD"
             out += [(k, v) for k, v in resp_headers
                     if k not in RESP_DROP or (keep_length and k == b"content-length")]
+            if shortcut is not None and service == "booking":
+                if req.path == RESERVE_PATH:
+                    if status == 409:
+                        for k, v in resp_headers:
+                            if k == refusals.HEADER:
+                                shortcut.learn(v, status, out[1:], payload)
+                elif shortcut.slots and method != "GET" and status < 300:
+                    # A change that may free seats (a cancellation, more capacity, a waitlist
+                    # move) through this gateway is not hidden by a refusal remembered here.
+                    shortcut.slots.clear()
             return status, out, payload
         raise BadGateway(f"{service} is not reachable ({last_error})")
 

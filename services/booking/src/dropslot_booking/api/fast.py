@@ -12,17 +12,20 @@ gateway's proof), same use case. The kit gives it the whole request, inside the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 
 import asyncpg
 import orjson
-from dropslot_kit import context
+from dropslot_kit import context, refusals
 from dropslot_kit.app import DirectAnswer, DirectRequest
 from dropslot_kit.auth import PROOF_HEADER
 from dropslot_kit.errors import (
+    Forbidden,
     InternalError,
     InvalidToken,
+    PayloadTooLarge,
     Problem,
     ServiceUnavailable,
     Unauthorized,
@@ -30,6 +33,7 @@ from dropslot_kit.errors import (
 )
 from pydantic import TypeAdapter, ValidationError
 
+from ..errors import SoldOut
 from ..service import reserve, slots
 
 log = logging.getLogger("dropslot.booking.fast")
@@ -85,6 +89,10 @@ async def reserve_answer(req: DirectRequest) -> DirectAnswer:
     try:
         status, body = await _reserve(req)
         return status, [(b"content-type", b"application/json")], body.encode()
+    except SoldOut as exc:
+        answer = problem_answer(exc, PATH)
+        _mark_repeatable(req, exc, answer[1])
+        return answer
     except Problem as exc:
         return problem_answer(exc, PATH)
     except UNAVAILABLE as exc:
@@ -121,6 +129,60 @@ async def _reserve(req: DirectRequest) -> tuple[int, str]:
                        errors=[{"name": "Idempotency-Key", "reason": "1-255 characters",
                                 "loc": ["header", "Idempotency-Key"], "type": "string_too_long"}])
     return await reserve.reserve(state.rt.extras["booking"], principal, slot_id, note, key)
+
+
+def _mark_repeatable(req: DirectRequest, exc: SoldOut, headers: list[tuple[bytes, bytes]]) -> None:
+    """Tell the gateway it may give this same refusal itself, for as long as this replica's slot
+    cache would give it (kit refusals)."""
+    slot_id = exc.extra.get("slot_id")
+    if not isinstance(slot_id, str):
+        return
+    bk = req.app.state.rt.extras["booking"]
+    for_how_long = bk.slot_cache.sold_out_for(uuid.UUID(slot_id), bk.clock())
+    if for_how_long is not None:
+        headers.append(refusals.directive(slot_id, *for_how_long))
+
+
+def _lookup_keys(body: bytes) -> list[tuple[uuid.UUID, str]]:
+    try:
+        data = orjson.loads(body)
+        pairs = data["keys"]
+        if not isinstance(pairs, list):
+            raise TypeError
+        out = []
+        for user_id, key in pairs:
+            if not isinstance(user_id, str) or not isinstance(key, str):
+                raise TypeError
+            out.append((uuid.UUID(user_id), key))
+    except (ValueError, TypeError, KeyError):
+        raise _invalid("keys", 'expected {"keys": [[user id, Idempotency-Key], ...]}', "value_error") from None
+    if len(out) > refusals.MAX_LOOKUP:
+        raise PayloadTooLarge(f"at most {refusals.MAX_LOOKUP} keys per lookup")
+    return out
+
+
+async def lookup_answer(req: DirectRequest) -> DirectAnswer:
+    """`POST /internal/v1/idempotency-lookups`, for the gateway only (kit refusals): which of these
+    (person, Idempotency-Key) pairs have a stored answer, as `{"found": [their indexes]}`. The
+    body must carry the gateway's proof (it is not a path the gateway routes from outside)."""
+    path = refusals.LOOKUP_PATH
+    try:
+        proof = next((v.decode("latin-1") for k, v in req.headers if k == PROOF), None)
+        if not req.app.state.verifier.proven(req.body.decode("latin-1"), proof):
+            raise Forbidden("only the gateway may ask this")
+        pairs = _lookup_keys(req.body)
+        bk = req.app.state.rt.extras["booking"]
+        stored = await asyncio.gather(*(bk.stored_answer(user_id, key) for user_id, key in pairs))
+        found = [i for i, answer in enumerate(stored) if answer is not None]
+        return 200, [(b"content-type", b"application/json")], orjson.dumps({"found": found})
+    except Problem as exc:
+        return problem_answer(exc, path)
+    except UNAVAILABLE as exc:
+        log.warning("idempotency lookup unavailable: %r", exc)
+        return problem_answer(ServiceUnavailable("try again in a moment", headers={"Retry-After": "1"}), path)
+    except Exception:
+        log.exception("unhandled error on POST %s", path)
+        return problem_answer(InternalError(), path)
 
 
 _UUID = TypeAdapter(uuid.UUID)

@@ -67,6 +67,21 @@ class SlotCache:
     def forget(self, slot_id: uuid.UUID) -> None:
         self.entries.pop(slot_id, None)
 
+    def sold_out_for(self, slot_id: uuid.UUID, now: datetime) -> tuple[float, bool] | None:
+        """If this replica's cache now says the slot is sold out: for how many more seconds it will
+        go on saying so (its entry's life left, and never past the slot's start, when the answer
+        changes to `slot-closed`), and whether the drop requires a verified email (an unverified
+        person is refused with `email-not-verified` instead). None otherwise."""
+        hit = self.entries.get(slot_id)
+        if hit is None:
+            return None
+        view = hit[1]
+        if (view["drop_status"] != "LIVE" or not view["sellable"]
+                or view["capacity_reserved"] + view["capacity_waitlist"] < view["capacity_total"]):
+            return None  # not the refusal precheck() gives from this entry
+        left = min(self.ttl - (time.monotonic() - hit[0]), (view["start_time"] - now).total_seconds())
+        return (left, bool(view["require_verified_email"])) if left > 0 else None
+
 
 @dataclass
 class Booking:
