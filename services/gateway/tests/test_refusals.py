@@ -81,7 +81,7 @@ class FakeBooking:
 
 
 @pytest.fixture
-async def setup(infra: Any) -> Any:
+async def setup(infra: Any, request: pytest.FixtureRequest) -> Any:
     signer = TestSigner()
     jwks = JwksServer(signer)
     await jwks.start()
@@ -89,7 +89,7 @@ async def setup(infra: Any) -> Any:
     await booking.start()
     settings = Settings(upstreams={"booking": [booking.url]}, jwks_url=jwks.url, redis_url=infra.redis_url,
                         log_json=False, rate_limit_prefix=f"rl-test:{uuid.uuid4().hex}",
-                        gateway_proof_keys=[PROOF_KEY])
+                        gateway_proof_keys=[PROOF_KEY], **getattr(request, "param", {}))
     port = free_port()
     server = GatewayServer(Gateway(settings), "127.0.0.1", port)
     await server.start()
@@ -116,6 +116,15 @@ async def test_a_marked_refusal_is_repeated_byte_for_byte_and_the_mark_never_lea
         assert "x-dropslot-repeatable-refusal" not in r.headers and r.headers["x-request-id"]
     assert "x-dropslot-repeatable-refusal" not in first.headers
     assert booking.reserves == 1  # the five were answered by the gateway
+
+
+@pytest.mark.parametrize("setup", [{"repeat_refusals": False}], indirect=True)
+async def test_with_repeat_refusals_off_every_request_is_forwarded(setup: Any) -> None:
+    c, booking, token = setup["client"], setup["booking"], setup["signer"].token()
+    for _ in range(3):
+        r = await reserve(c, token)
+        assert r.status_code == 409 and "x-dropslot-repeatable-refusal" not in r.headers
+    assert booking.reserves == 3
 
 
 async def test_requests_booking_might_answer_otherwise_are_forwarded(setup: Any) -> None:

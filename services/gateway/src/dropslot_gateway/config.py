@@ -30,5 +30,7 @@ class Settings(KitSettings):
     # second signature check. Within the verifier's JWKS cache (300 s) a token that verified once
     # keeps verifying anyway, so remembering it as long adds no exposure.
     verified_token_seconds: float = 300.0
+    # Give booking's sold-out refusals again here while booking's own cache would (refusals.py).
+    repeat_refusals: bool = True
     # Peers whose X-Forwarded-For is believed (a load balancer or CDN in front of the gateway).
     trusted_proxies: list[str] = Field(default_factory=list)

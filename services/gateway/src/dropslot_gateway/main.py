@@ -108,7 +108,7 @@ class Gateway:
         self.pool = UpstreamPool(limit=self.settings.max_connections_per_upstream,
                                  connect_timeout=self.settings.connect_timeout_seconds,
                                  timeout=self.settings.upstream_timeout_seconds)
-        if "booking" in self.upstreams:
+        if self.settings.repeat_refusals and "booking" in self.upstreams:
             self.refusals = Refusals(self.pool, self.upstreams["booking"].order, self.verifier.vouch)
         self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         if self.settings.rate_limit_enabled:
