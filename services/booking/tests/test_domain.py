@@ -14,6 +14,7 @@ from dropslot_booking.domain import rules, states
 from dropslot_booking.domain.capacity import Capacity
 from dropslot_booking.domain.tokens import CheckinTokens, InvalidCheckinToken, SigningKey
 from dropslot_booking.service.runtime import SlotCache
+from dropslot_booking.service.slotnews import heard
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -217,3 +218,13 @@ def test_a_sold_out_slot_is_repeatable_for_the_cache_life_left_and_never_past_it
     assert cache.sold_out_for(slot, NOW) is None
     cache.entries[slot] = (time.monotonic(), view)
     assert cache.sold_out_for(slot, view["start_time"]) is None  # started: slot-closed from now on
+
+
+def test_an_announcement_forgets_the_slots_and_drops_it_names_and_skips_the_rest() -> None:
+    cache = SlotCache(30)
+    drop, other_drop = uuid.uuid4(), uuid.uuid4()
+    a, b, c, d = (uuid.uuid4() for _ in range(4))
+    for slot, of in ((a, drop), (b, drop), (c, other_drop), (d, other_drop)):
+        cache.entries[slot] = (time.monotonic(), {"drop_id": of})
+    heard(cache, f"s{c},x{d},s-not-an-id,,d{drop}")
+    assert set(cache.entries) == {d}

@@ -4,8 +4,9 @@ After a slot sells out, a drop's crowd keeps asking for it, thousands of request
 every one of them gets the same 409 `sold-out`. Booking answers those from its per-replica slot
 cache without touching the slot's row, but each still crossed the gateway to a replica and back
 (half of a refusal's CPU on this two-core machine went to that hop). So booking marks such an
-answer with `HEADER`: the slot, how long its own cache will keep answering the same refusal
-(never longer), and whether the drop requires a verified email. For that long the gateway gives
+answer with `HEADER`: the slot, for how long the gateway may repeat it (never longer than its own
+cache would answer the same, and at most `booking_repeat_refusal_seconds`, 0.1 s), and whether the
+drop requires a verified email. For that long the gateway gives
 the same answer itself to a reservation request for that slot from a signed-in person, unless
 the request is one booking might answer otherwise (gateway.refusals has the exact rules).
 

@@ -28,6 +28,11 @@ class Settings(KitSettings):
     # How long a replica trusts its last unlocked read of a slot (drop, times, availability).
     # A read that says "sold out" is cached this long; anything else is re-read if stale.
     booking_slot_cache_seconds: float = 0.25
+    # How long the gateway may repeat a sold-out refusal of this replica's (kit refusals): at most
+    # this, and never longer than the replica's own cache would. The replicas hear of a freed seat
+    # at once (service slotnews); the gateway does only when the change went through it, so this
+    # bounds how long it may refuse a seat freed elsewhere (an expiry, a failed payment).
+    booking_repeat_refusal_seconds: float = 0.1
 
     # Sweepers (every replica runs them; work is claimed with FOR UPDATE SKIP LOCKED).
     booking_sweep_seconds: float = 1.0

@@ -17,7 +17,7 @@ from .api import router
 from .api.fast import MAX_BODY, PATH, SLOT_PATH, lookup_answer, reserve_answer, slot_answer
 from .config import Settings
 from .consumers import BookingHolder, build_consumers
-from .service import sweeper
+from .service import slotnews, sweeper
 from .service.runtime import Booking, SlotCache
 
 
@@ -51,12 +51,15 @@ def create_app(settings: Settings | None = None) -> ServiceApp:
     async def sweep(rt: ServiceRuntime) -> None:
         await sweeper.run(await holder.get())
 
+    async def hear_slot_news(rt: ServiceRuntime) -> None:
+        await slotnews.listen(await holder.get())
+
     app = create_service_app(
         settings,
         title="DropSlot booking",
         routers=[router],
         consumers=build_consumers(holder.get),
-        background=[("sweeper", sweep)],
+        background=[("sweeper", sweep), ("slot-news", hear_slot_news)],
         on_startup=on_startup,
         on_shutdown=on_shutdown,
     )

@@ -15,9 +15,10 @@ Booking marks a 409 `sold-out` with how long its own slot cache will keep giving
   key reused for another request) is forwarded, to get its stored 201 or its 422.
 
 Anything else, and every request when a lookup fails, is forwarded as always. So a sold-out
-slot is told "sold out" for no longer than booking's own cache would tell it (a freed seat
-shows as soon as the replica that answered would show it), by the same bytes, without each
-refusal crossing to a booking replica and back.
+slot is told "sold out" by the same bytes, without each refusal crossing to a booking replica
+and back, for no longer than booking said: at most 0.1 s (`booking_repeat_refusal_seconds`)
+after a seat is freed by something that did not pass through this gateway (an expiry, a failed
+payment, another gateway replica); a change that does pass through it ends the repeat at once.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class LookupFailed(Exception):
 
 @dataclass(slots=True)
 class Refusal:
-    until: float  # time.monotonic() at which booking's own cache stops giving it
+    until: float  # time.monotonic() until which booking said it may be repeated
     verified_only: bool
     status: int
     headers: list[tuple[bytes, bytes]]  # booking's answer headers, without the request id

@@ -140,7 +140,10 @@ def _mark_repeatable(req: DirectRequest, exc: SoldOut, headers: list[tuple[bytes
     bk = req.app.state.rt.extras["booking"]
     for_how_long = bk.slot_cache.sold_out_for(uuid.UUID(slot_id), bk.clock())
     if for_how_long is not None:
-        headers.append(refusals.directive(slot_id, *for_how_long))
+        seconds, verified_only = for_how_long
+        seconds = min(seconds, bk.settings.booking_repeat_refusal_seconds)
+        if seconds > 0:
+            headers.append(refusals.directive(slot_id, seconds, verified_only))
 
 
 def _lookup_keys(body: bytes) -> list[tuple[uuid.UUID, str]]:

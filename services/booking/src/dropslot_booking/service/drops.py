@@ -18,6 +18,7 @@ from dropslot_kit.db import UnitOfWork
 from ..adapters import drops as repo
 from ..adapters.sql import set_scope
 from ..domain import rules
+from . import slotnews
 from .runtime import Booking
 
 STATUS_BY_EVENT = {
@@ -38,13 +39,8 @@ async def on_drop_event(bk: Booking, env: Envelope, uow: UnitOfWork) -> None:
     if stored is None:
         return  # stale snapshot (an older event delivered late)
     await repo.sync_slots_sellable(uow.conn, snapshot.drop_id, stored == "LIVE")
-    forget_drop_slots(bk, snapshot.drop_id)
-
-
-def forget_drop_slots(bk: Booking, drop_id: uuid.UUID) -> None:
-    for slot_id, (_, view) in list(bk.slot_cache.entries.items()):
-        if view.get("drop_id") == drop_id:
-            bk.slot_cache.forget(slot_id)
+    bk.slot_cache.forget_drop(snapshot.drop_id)
+    await slotnews.announce(uow, drops=[snapshot.drop_id])  # the other replicas, once committed
 
 
 async def on_store_event(bk: Booking, env: Envelope, uow: UnitOfWork) -> None:

@@ -67,6 +67,11 @@ class SlotCache:
     def forget(self, slot_id: uuid.UUID) -> None:
         self.entries.pop(slot_id, None)
 
+    def forget_drop(self, drop_id: uuid.UUID) -> None:
+        for slot_id, (_, view) in list(self.entries.items()):
+            if view.get("drop_id") == drop_id:
+                self.entries.pop(slot_id, None)
+
     def sold_out_for(self, slot_id: uuid.UUID, now: datetime) -> tuple[float, bool] | None:
         """If this replica's cache now says the slot is sold out: for how many more seconds it will
         go on saying so (its entry's life left, and never past the slot's start, when the answer

@@ -19,6 +19,7 @@ from dropslot_kit.db import UnitOfWork
 
 from ..adapters import reservations as res_repo
 from ..adapters import slots as slot_repo
+from . import slotnews
 from .runtime import Booking
 from .views import waitlist_entry
 
@@ -47,8 +48,10 @@ async def release(
         )
         emit_offers(uow, after, offered)
     if freed_reserved or freed_offers:
-        for slot_id in set(freed_reserved) | set(freed_offers):
+        freed = set(freed_reserved) | set(freed_offers)
+        for slot_id in freed:
             bk.slot_cache.forget(slot_id)
+        await slotnews.announce(uow, slots=freed)  # every replica, once this commits
 
 
 def emit_offers(uow: UnitOfWork, slot: dict[str, Any], offered: list[dict[str, Any]]) -> None:

@@ -20,7 +20,7 @@ from ..adapters import drops as drop_repo
 from ..adapters import slots as repo
 from ..adapters.sql import Row, set_scope
 from ..errors import CapacityBelowTaken, DropClosed, SlotExists, SlotOutsideDrop
-from . import seats
+from . import seats, slotnews
 from .runtime import Booking
 from .views import slot_body
 
@@ -144,6 +144,7 @@ async def resize(bk: Booking, principal: Principal, slot_id: uuid.UUID, capacity
             slot = await repo.get_slot(uow.conn, slot_id)
             assert slot is not None
         bk.slot_cache.forget(slot_id)
+        await slotnews.announce(uow, slots=[slot_id])  # more seats, or fewer: every replica
         uow.emit(
             SlotUpdated(slot_id=slot_id, drop_id=slot["drop_id"], store_id=slot["store_id"],
                         capacity_total=slot["capacity_total"]),
