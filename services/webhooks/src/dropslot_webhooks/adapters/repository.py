@@ -227,7 +227,13 @@ async def notify_workers(conn: AsyncConnection) -> None:
 
 
 # --- the workers' side (system scope) ------------------------------------------------------------
-_CLAIM = text("""
+# Claiming is two statements, so that the second sees every lease committed before it: under
+# READ COMMITTED a statement reads one snapshot, taken when it starts. Had the endpoint rows been
+# locked and the leases counted in one statement, a worker that started it while another was
+# claiming for the same endpoint would wait for that one's commit to lock the endpoint, and then
+# count the endpoint's leases in its older snapshot, without the ones just committed: both
+# workers would fill the endpoint's cap (seen in CI: 8 attempts in flight against a cap of 4).
+_LOCK_DUE_ENDPOINTS = text("""
 WITH due AS (
     SELECT endpoint_id, min(next_attempt_at) AS due_at
     FROM webhook_events
@@ -236,11 +242,18 @@ WITH due AS (
     GROUP BY endpoint_id
     ORDER BY due_at
     LIMIT :max_endpoints
-), eps AS (
-    SELECT e.id, e.failing_since, d.due_at
-    FROM webhook_endpoints e JOIN due d ON d.endpoint_id = e.id
-    WHERE e.active
-    FOR NO KEY UPDATE OF e SKIP LOCKED
+)
+SELECT e.id, d.due_at
+FROM webhook_endpoints e JOIN due d ON d.endpoint_id = e.id
+WHERE e.active
+FOR NO KEY UPDATE OF e SKIP LOCKED
+""")
+
+_CLAIM = text("""
+WITH eps AS (
+    SELECT e.id, e.failing_since, x.due_at
+    FROM unnest(CAST(:ids AS uuid[]), CAST(:due AS timestamptz[])) AS x(id, due_at)
+    JOIN webhook_endpoints e ON e.id = x.id
 ), picked AS (
     SELECT w.id, eps.due_at
     FROM eps CROSS JOIN LATERAL (
@@ -301,13 +314,19 @@ RETURNING ev.id, ev.endpoint_id, ev.store_id, ev.type, ev.payload::text AS paylo
 async def claim(conn: AsyncConnection, *, free: int, cap: int, lease_seconds: float, token: uuid.UUID) -> list[Row]:
     """Lease up to `free` due deliveries, at most `cap` in flight per endpoint across all workers
     (1 while the endpoint is failing: a single probe, not a flood). Locking the endpoint rows
-    makes the per-endpoint count exact between replicas; the lease (`locked_until`) keeps any
+    first, then counting in a statement of its own (see _LOCK_DUE_ENDPOINTS), makes the
+    per-endpoint count exact between replicas; the lease (`locked_until`) keeps any
     other worker off a delivery while it is being sent, and lets another take it over if this
     worker dies."""
-    result = await conn.execute(
-        _CLAIM,
-        {"max_endpoints": max(free * 4, 32), "cap": cap, "free": free, "lease": lease_seconds, "token": token},
-    )
+    if free <= 0:
+        return []
+    endpoints = (await conn.execute(_LOCK_DUE_ENDPOINTS, {"max_endpoints": max(free * 4, 32)})).all()
+    if not endpoints:
+        return []
+    result = await conn.execute(_CLAIM, {
+        "ids": [r.id for r in endpoints], "due": [r.due_at for r in endpoints],
+        "cap": cap, "free": free, "lease": lease_seconds, "token": token,
+    })
     return [dict(r) for r in result.mappings()]
 
 
