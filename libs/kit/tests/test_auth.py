@@ -309,3 +309,24 @@ async def test_an_issued_token_remembered_from_identitys_answer_needs_no_signatu
         assert v.remember_issued(bad) is False
         with pytest.raises(InvalidToken):
             await v.verify(bad)
+
+
+async def test_a_body_the_gateway_vouches_for_is_told_apart_from_a_token(keys, monkeypatch):
+    """The gateway's proof for a request of its own (its body) and its proof for a token are
+    never interchangeable, even for the same text; a rotated-out key still verifies."""
+    from dropslot_kit.auth import body_proof, gateway_proof
+
+    signer, server = keys
+    old, new = "o" * 40, "n" * 40
+    gateway = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", proof_keys=[old])
+    service = JWKSVerifier(server.url, issuer="dropslot-identity", audience="dropslot", proof_keys=[new, old])
+    body = '{"keys": []}'
+    proof = gateway.vouch(body)
+    assert proof == body_proof(old, body) and service.vouched(body, proof)
+    assert not service.vouched(body + " ", proof) and not service.vouched(body, None)
+    assert not service.vouched(body, gateway_proof(old, body))  # a token-style proof of the same text
+    calls = _counting(service, monkeypatch)
+    token = signer.token()
+    await service.verify(token, body_proof(old, token))  # a body-style proof of a token: no proof
+    assert calls[0] == 1
+    assert verifier(server.url).vouch(body) is None and not verifier(server.url).vouched(body, proof)

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from dropslot_booking.adapters.invariants import violations
-from dropslot_kit.auth import PROOF_HEADER, gateway_proof
+from dropslot_kit.auth import PROOF_HEADER, body_proof, gateway_proof
 from dropslot_kit.db import Database
 from dropslot_kit.testing import create_store, eventually, sign_up
 
@@ -295,7 +295,7 @@ async def test_the_gateway_repeats_a_sold_out_refusal_but_not_over_a_stored_answ
     body = json.dumps({"keys": [[str(uuid.uuid4()), key], [buyer["id"], key]]})
     async with httpx.AsyncClient(base_url=system.service_url("booking-2"), timeout=20) as booking:
         r = await booking.post("/internal/v1/idempotency-lookups", content=body,
-                               headers={PROOF_HEADER: gateway_proof(proof_key, body)})
+                               headers={PROOF_HEADER: body_proof(proof_key, body)})
     assert r.status_code == 200 and r.json() == {"found": [1]}, r.text
 
     # The buyer cancels through the gateway: the next request is not refused from memory.
@@ -319,14 +319,15 @@ async def test_only_the_gateway_may_look_up_idempotency_keys(system: Any) -> Non
     key = json.loads(system.system.env["DROPSLOT_GATEWAY_PROOF_KEYS"])[0]
     path = "/internal/v1/idempotency-lookups"
     async with httpx.AsyncClient(base_url=system.service_url("booking-1"), timeout=20) as booking:
-        for proof in (None, "forged", gateway_proof(key, body + " ")):
+        # No proof, a forged one, another body's, and a token proof of the body's very text.
+        for proof in (None, "forged", body_proof(key, body + " "), gateway_proof(key, body)):
             r = await booking.post(path, content=body, headers={"content-type": "application/json",
                                                                 **({PROOF_HEADER: proof} if proof else {})})
             assert r.status_code == 403 and slug(r) == "forbidden", r.text
-        r = await booking.post(path, content=body, headers={PROOF_HEADER: gateway_proof(key, body)})
+        r = await booking.post(path, content=body, headers={PROOF_HEADER: body_proof(key, body)})
         assert r.status_code == 200 and r.json() == {"found": []}, r.text
         bad = json.dumps({"keys": [["not-a-uuid", "k"]]})
-        r = await booking.post(path, content=bad, headers={PROOF_HEADER: gateway_proof(key, bad)})
+        r = await booking.post(path, content=bad, headers={PROOF_HEADER: body_proof(key, bad)})
         assert r.status_code == 422, r.text
     async with httpx.AsyncClient(base_url=system.url, timeout=20) as root:
         assert (await root.post(path, content=body)).status_code == 404

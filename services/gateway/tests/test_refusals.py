@@ -16,7 +16,7 @@ from dropslot_gateway.config import Settings
 from dropslot_gateway.main import Gateway
 from dropslot_gateway.server import GatewayServer
 from dropslot_kit import refusals
-from dropslot_kit.auth import PROOF_HEADER, gateway_proof
+from dropslot_kit.auth import PROOF_HEADER, body_proof
 from dropslot_kit.launcher import free_port
 from dropslot_kit.testkeys import JwksServer, TestSigner
 
@@ -56,7 +56,7 @@ class FakeBooking:
 
         async def lookup(request: web.Request) -> web.Response:
             text = await request.text()
-            if request.headers.get(PROOF_HEADER) != gateway_proof(PROOF_KEY, text):
+            if request.headers.get(PROOF_HEADER) != body_proof(PROOF_KEY, text):
                 return web.json_response({"status": 403}, status=403)
             if self.lookup_status != 200:
                 return web.json_response({"status": self.lookup_status}, status=self.lookup_status)

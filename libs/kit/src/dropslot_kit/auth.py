@@ -112,6 +112,16 @@ def gateway_proof(key: str, token: str) -> str:
     return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
 
 
+# A request the gateway makes on its own behalf is vouched for by the proof of its body under this
+# prefix, so that such a proof can never pass for a token's, nor a token's for a body's.
+BODY_PROOF_PREFIX = "dropslot-gateway-body\n"
+
+
+def body_proof(key: str, body: str) -> str:
+    """The gateway's proof for the body of a request it makes itself (see `JWKSVerifier.vouch`)."""
+    return gateway_proof(key, BODY_PROOF_PREFIX + body)
+
+
 @dataclass(frozen=True)
 class Principal:
     user_id: uuid.UUID
@@ -233,17 +243,21 @@ class JWKSVerifier:
             _keep(self._proofs, token, made, self.verified_max)
         return made
 
-    def proven(self, text: str, proof: str | None) -> bool:
-        """Whether `proof` is the gateway's for this exact text (a token, or a body the gateway
-        sends on its own behalf: see `vouch`), under any of the keys."""
+    def _proven(self, token: str, proof: str | None) -> bool:
         if not proof or not self.proof_keys:
             return False
-        return any(hmac.compare_digest(gateway_proof(k, text), proof) for k in self.proof_keys)
+        return any(hmac.compare_digest(gateway_proof(k, token), proof) for k in self.proof_keys)
 
-    def vouch(self, text: str) -> str | None:
-        """The gateway's proof for a request it makes itself (its body's text), not remembered;
-        None without keys."""
-        return gateway_proof(self.proof_keys[0], text) if self.proof_keys else None
+    def vouch(self, body: str) -> str | None:
+        """The gateway's proof for the body of a request it makes itself (not remembered); None
+        without keys."""
+        return body_proof(self.proof_keys[0], body) if self.proof_keys else None
+
+    def vouched(self, body: str, proof: str | None) -> bool:
+        """Whether `proof` is the gateway's for this body (`vouch`), under any of the keys."""
+        if not proof or not self.proof_keys:
+            return False
+        return any(hmac.compare_digest(body_proof(k, body), proof) for k in self.proof_keys)
 
     async def verify(self, token: str, proof: str | None = None) -> Principal:
         hit = self._verified.get(token)
@@ -251,7 +265,7 @@ class JWKSVerifier:
             if time.time() < hit[1]:
                 return hit[0]
             del self._verified[token]
-        if self.proven(token, proof):
+        if self._proven(token, proof):
             principal = self._claims(_segments(token)[1])
         else:
             principal = await self._verify(token)

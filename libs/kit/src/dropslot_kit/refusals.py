@@ -13,7 +13,8 @@ the request is one booking might answer otherwise (gateway.refusals has the exac
 One thing booking checks before refusing is not in the answer: whether the request's
 Idempotency-Key already has a stored answer (a retry of a reservation that did succeed gets its
 201 back). The gateway asks booking that, for many requests at once, at `LOOKUP_PATH` (the body
-vouched for by the gateway proof, see auth), and forwards those that have one.
+vouched for by the gateway's body proof, `auth.body_proof`, which no token proof can pass for),
+and forwards those that have one.
 
 The header is the gateway's to read and drop: clients never see it.
 """

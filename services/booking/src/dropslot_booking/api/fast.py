@@ -171,7 +171,7 @@ async def lookup_answer(req: DirectRequest) -> DirectAnswer:
     path = refusals.LOOKUP_PATH
     try:
         proof = next((v.decode("latin-1") for k, v in req.headers if k == PROOF), None)
-        if not req.app.state.verifier.proven(req.body.decode("latin-1"), proof):
+        if not req.app.state.verifier.vouched(req.body.decode("latin-1"), proof):
             raise Forbidden("only the gateway may ask this")
         pairs = _lookup_keys(req.body)
         bk = req.app.state.rt.extras["booking"]
