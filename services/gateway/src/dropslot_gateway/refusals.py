@@ -11,8 +11,8 @@ Booking marks a 409 `sold-out` with how long its own slot cache will keep giving
   `customer_note` (booking validates notes before anything else: those go to booking);
 - no Idempotency-Key, or one of 1-255 characters (API.md; any other goes to booking for its
   422) that has no stored answer: booking is asked that, for many requests in one call
-  (`Lookups`), and a request whose key has one (a retry of a reservation that succeeded, or a
-  key reused for another request) is forwarded, to get its stored 201 or its 422.
+  (`Refusals.stored`), and a request whose key has one (a retry of a reservation that
+  succeeded, or a key reused for another request) is forwarded, to get its stored 201 or 422.
 
 Anything else, and every request when a lookup fails, is forwarded as always. So a sold-out
 slot is told "sold out" by the same bytes, without each refusal crossing to a booking replica
