@@ -23,7 +23,6 @@ payment, another gateway replica); a change that does pass through it ends the r
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from typing import Any
 import orjson
 from dropslot_kit import refusals
 from dropslot_kit.auth import PROOF_HEADER, Principal
+from dropslot_kit.coalesce import Coalescer
 from prometheus_client import Counter
 
 from .upstream import ConnectFailed, UpstreamPool
@@ -71,11 +71,9 @@ class Refusals:
         self.replicas = replicas  # booking's base URLs, in the order to try them
         self.vouch = vouch  # the gateway's proof for a body it sends (None without keys)
         self.max_slots = max_slots
-        self.max_batch = min(max_batch, refusals.MAX_LOOKUP)
         self.slots: dict[str, Refusal] = {}
-        self.queue: list[tuple[str, str, asyncio.Future[bool]]] = []
-        self.running = False
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.lookups: Coalescer[tuple[str, str], bool] = Coalescer(
+            self._stored_batch, max_batch=min(max_batch, refusals.MAX_LOOKUP))
 
     def learn(self, value: bytes, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         """Booking's answer carried the header (`value`): remember it for as long as it says."""
@@ -131,39 +129,22 @@ class Refusals:
 
     async def stored(self, user_id: str, key: str) -> bool:
         """Whether booking holds a stored answer for (person, key). Lookups that arrive while one
-        is in flight share the next one."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self.queue.append((user_id, key, fut))
-        if not self.running:
-            self.running = True
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)  # the loop keeps only weak references to tasks
-            task.add_done_callback(self._tasks.discard)
-        return await fut
+        is in flight share the next one (kit coalesce)."""
+        return await self.lookups.ask((user_id, key))
 
-    async def _drain(self) -> None:
+    async def _stored_batch(self, pairs: list[tuple[str, str]]) -> list[bool]:
         try:
-            while self.queue:
-                batch = self.queue[: self.max_batch]
-                del self.queue[: self.max_batch]
-                try:
-                    found = await self._ask([[user_id, key] for user_id, key, _ in batch])
-                except Exception as exc:  # each waiter forwards its request instead
-                    LOOKUPS.labels("failed").inc()
-                    failure = exc if isinstance(exc, LookupFailed) else LookupFailed(repr(exc))
-                    for _, _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(failure)
-                    continue
-                LOOKUPS.labels("ok").inc()
-                for i, (_, _, fut) in enumerate(batch):
-                    if not fut.done():  # a waiter gone (its client left) is skipped
-                        fut.set_result(i in found)
-        finally:
-            self.running = False
+            found = await self._ask(pairs)
+        except Exception as exc:  # each waiter forwards its request instead
+            LOOKUPS.labels("failed").inc()
+            if isinstance(exc, LookupFailed):
+                raise
+            raise LookupFailed(repr(exc)) from exc
+        LOOKUPS.labels("ok").inc()
+        return [i in found for i in range(len(pairs))]
 
-    async def _ask(self, pairs: list[list[str]]) -> set[int]:
-        body = orjson.dumps({"keys": pairs})
+    async def _ask(self, pairs: list[tuple[str, str]]) -> set[int]:
+        body = orjson.dumps({"keys": pairs})  # each pair as [user id, key]
         proof = self.vouch(body.decode("latin-1"))
         if proof is None:
             raise LookupFailed("no gateway proof key to vouch for the lookup")
@@ -182,6 +163,4 @@ class Refusals:
         raise LookupFailed("no booking replica reachable")
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.lookups.close()

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 import asyncpg
+from dropslot_kit.coalesce import Coalescer
 from dropslot_kit.settings import KitSettings
 
 from ..service.metrics import BATCH_SIZE, KEY_LOOKUP_BATCH, RESERVE_TXN
@@ -257,10 +258,11 @@ def _outcomes(rows: Sequence[asyncpg.Record], n: int) -> list[str]:
     return outcomes
 
 
-class KeyLookups:
-    """Coalesces the idempotency lookups of refused requests: while one query is in flight, the
-    lookups that arrive wait and share the next one. In a storm thousands of refusals per second
-    each need "did this key already get a 201?"; one round trip answers all that are waiting.
+class KeyLookups(Coalescer[tuple[uuid.UUID, str], Any]):
+    """Coalesces the idempotency lookups of refused requests (kit coalesce): while one query is
+    in flight, the lookups that arrive wait and share the next one. In a storm thousands of
+    refusals per second each need "did this key already get a 201?"; one round trip answers all
+    that are waiting.
 
     While lookups keep coming, one connection is held for all their queries: taking it from the
     pool and giving it back cost ~100 µs of CPU per query here (asyncpg's acquire and release),
@@ -268,64 +270,36 @@ class KeyLookups:
     soon as nobody waits, and after any failed query (a broken connection is not reused)."""
 
     def __init__(self, hot: HotPath, *, max_batch: int = 500):
+        super().__init__(max_batch=max_batch)
         self.hot = hot
-        self.max_batch = max_batch
-        self.queue: list[tuple[uuid.UUID, str, asyncio.Future[Any]]] = []
-        self.running = False
         self.queries = 0
-        self._tasks: set[asyncio.Task[None]] = set()
 
     async def get(self, user_id: uuid.UUID, key: str) -> Any:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.append((user_id, key, fut))
-        if not self.running:
-            self.running = True
-            task = asyncio.create_task(self._drain())
-            self._tasks.add(task)  # the loop only keeps weak references to tasks
-            task.add_done_callback(self._tasks.discard)
-        # No shield: a waiter cancelled (client gone) cancels only its own future, which the
-        # drain then skips; the query and the other waiters go on.
-        return await fut
+        return await self.ask((user_id, key))
 
-    async def _drain(self) -> None:
+    async def serve(self) -> None:
+        """Batch after batch on one connection until nobody waits or a query fails."""
+        assert self.hot.pool is not None
+        try:
+            conn = await self.hot.pool.acquire()
+        except Exception as exc:  # no connection: everyone waiting now gets the error
+            waiting, self.queue = self.queue, []
+            self.fail(waiting, exc)
+            return
         try:
             while self.queue:
-                assert self.hot.pool is not None
+                batch = self.take()
                 try:
-                    conn = await self.hot.pool.acquire()
-                except Exception as exc:  # no connection: everyone waiting now gets the error
-                    waiting, self.queue = self.queue, []
-                    _fail_lookups(waiting, exc)
-                    continue
-                try:
-                    await self._serve(conn)
-                finally:
-                    await self.hot.pool.release(conn)
+                    rows = await conn.fetch(STORED_MANY, [q[0] for q, _ in batch], [q[1] for q, _ in batch])
+                except Exception as exc:
+                    self.fail(batch, exc)
+                    return  # the connection goes back to the pool; the rest wait for another one
+                self.queries += 1
+                KEY_LOOKUP_BATCH.observe(len(batch))
+                found = {(r["user_id"], r["key"]): r for r in rows}
+                self.settle(batch, [found.get(q) for q, _ in batch])
         finally:
-            self.running = False
-
-    async def _serve(self, conn: asyncpg.Connection) -> None:
-        """Batch after batch on one connection until nobody waits or a query fails."""
-        while self.queue:
-            batch = self.queue[: self.max_batch]
-            del self.queue[: self.max_batch]
-            try:
-                rows = await conn.fetch(STORED_MANY, [b[0] for b in batch], [b[1] for b in batch])
-            except Exception as exc:
-                _fail_lookups(batch, exc)
-                return  # the connection goes back to the pool; the rest wait for another one
-            self.queries += 1
-            KEY_LOOKUP_BATCH.observe(len(batch))
-            found = {(r["user_id"], r["key"]): r for r in rows}
-            for user_id, key, fut in batch:
-                if not fut.done():
-                    fut.set_result(found.get((user_id, key)))
-
-
-def _fail_lookups(batch: Sequence[tuple[uuid.UUID, str, asyncio.Future[Any]]], exc: BaseException) -> None:
-    for _, _, fut in batch:
-        if not fut.done():
-            fut.set_exception(exc)
+            await self.hot.pool.release(conn)
 
 
 @dataclass

@@ -93,17 +93,22 @@ async def reserve_answer(req: DirectRequest) -> DirectAnswer:
         answer = problem_answer(exc, PATH)
         _mark_repeatable(req, exc, answer[1])
         return answer
-    except Problem as exc:
-        return problem_answer(exc, PATH)
-    except UNAVAILABLE as exc:
-        # The database is unreachable or out of connections: nothing was written (or the
-        # transaction's fate is unknown, which a retry with the same Idempotency-Key settles).
-        log.warning("reserve unavailable: %r", exc)
-        return problem_answer(ServiceUnavailable("try again in a moment (same Idempotency-Key)",
-                                                 headers={"Retry-After": "1"}), PATH)
-    except Exception:
-        log.exception("unhandled error on POST %s", PATH)
-        return problem_answer(InternalError(), PATH)
+    except Exception as exc:
+        # Unavailable: nothing was written (or the transaction's fate is unknown, which a retry
+        # with the same Idempotency-Key settles).
+        return _failed(exc, "POST", PATH, "try again in a moment (same Idempotency-Key)")
+
+
+def _failed(exc: Exception, method: str, path: str, retry: str) -> DirectAnswer:
+    """A direct handler's answer to what it raised: its problem; 503 (`retry` as the detail) when
+    the database is unreachable or out of connections; otherwise a 500, logged."""
+    if isinstance(exc, Problem):
+        return problem_answer(exc, path)
+    if isinstance(exc, UNAVAILABLE):
+        log.warning("%s %s unavailable: %r", method, path, exc)
+        return problem_answer(ServiceUnavailable(retry, headers={"Retry-After": "1"}), path)
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return problem_answer(InternalError(), path)
 
 
 async def _reserve(req: DirectRequest) -> tuple[int, str]:
@@ -178,14 +183,8 @@ async def lookup_answer(req: DirectRequest) -> DirectAnswer:
         stored = await asyncio.gather(*(bk.stored_answer(user_id, key) for user_id, key in pairs))
         found = [i for i, answer in enumerate(stored) if answer is not None]
         return 200, [(b"content-type", b"application/json")], orjson.dumps({"found": found})
-    except Problem as exc:
-        return problem_answer(exc, path)
-    except UNAVAILABLE as exc:
-        log.warning("idempotency lookup unavailable: %r", exc)
-        return problem_answer(ServiceUnavailable("try again in a moment", headers={"Retry-After": "1"}), path)
-    except Exception:
-        log.exception("unhandled error on POST %s", path)
-        return problem_answer(InternalError(), path)
+    except Exception as exc:
+        return _failed(exc, "POST", path, "try again in a moment")
 
 
 _UUID = TypeAdapter(uuid.UUID)
@@ -214,11 +213,5 @@ async def slot_answer(req: DirectRequest) -> DirectAnswer:
     try:
         body = await slots.get(req.app.state.rt.extras["booking"], slot_id)
         return 200, [(b"content-type", b"application/json")], orjson.dumps(body)
-    except Problem as exc:
-        return problem_answer(exc, path)
-    except UNAVAILABLE as exc:
-        log.warning("slot read unavailable: %r", exc)
-        return problem_answer(ServiceUnavailable("try again in a moment", headers={"Retry-After": "1"}), path)
-    except Exception:
-        log.exception("unhandled error on GET %s", path)
-        return problem_answer(InternalError(), path)
+    except Exception as exc:
+        return _failed(exc, "GET", path, "try again in a moment")
