@@ -15,14 +15,15 @@ import aio_pika
 import orjson
 import pytest
 from dropslot_contracts import Envelope
-from dropslot_contracts.events.catalog import StoreUpdated
-from dropslot_kit.broker import EventConsumers, Messaging, json_events_in
+from dropslot_contracts.events.catalog import ProductCreated, StoreUpdated
+from dropslot_kit.broker import EventConsumers, Messaging, json_events_in, topic_matches
 from dropslot_kit.db import Database
 from dropslot_kit.dlq import peek
-from dropslot_kit.outbox import OutboxRelay
+from dropslot_kit.outbox import CC_HEADER, EVENTS_HEADER, OutboxRelay
 from dropslot_kit.settings import KitSettings
 from dropslot_kit.testing import drop_test_resources, eventually, fresh_settings
 from dropslot_kit.testproxy import TcpProxy
+from prometheus_client import REGISTRY
 from sqlalchemy import text
 
 
@@ -37,6 +38,13 @@ def test_settings(infra):
 
 def store_event(name: str = "s", tenant: str = "t1") -> StoreUpdated:
     return StoreUpdated(store_id=uuid.uuid4(), tenant_key=tenant, name=name, slug=name)
+
+
+def product_event(name: str) -> ProductCreated:
+    """An event of another kind, which the harness's consumer (`catalog.store.*`) is not bound to
+    but whose data has a `name` its handler would record."""
+    return ProductCreated(product_id=uuid.uuid4(), store_id=uuid.uuid4(), name=name, sku=name, price_cents=100,
+                          currency="EUR", is_active=True)
 
 
 class Harness:
@@ -101,8 +109,12 @@ class Harness:
         await self.consumer_db.dispose()
 
     async def emit(self, *names: str, tenant: str = "t1") -> list[uuid.UUID]:
+        return await self.emit_events(*(store_event(n, tenant) for n in names), tenant=tenant)
+
+    async def emit_events(self, *events, tenant: str = "t1") -> list[uuid.UUID]:
+        """Events of any kind, written in one transaction, in this order."""
         async with self.producer_db.uow() as uow:
-            envs = [uow.emit(store_event(n, tenant), tenant_key=tenant) for n in names]
+            envs = [uow.emit(e, tenant_key=tenant) for e in events]
         return [e.id for e in envs]
 
     async def rows(self) -> list[dict]:
@@ -324,9 +336,125 @@ async def test_neighbouring_events_of_one_kind_travel_in_one_message_in_order(ha
         await eventually(tapped, what="the tap")
     carried = [json_events_in(m.body) for m in messages]
     assert [len(c) for c in carried] == [100, 50]  # outbox_message_events per message
-    assert [m.headers.get("x-dropslot-events") for m in messages] == [100, 50]
+    assert [m.headers.get(EVENTS_HEADER) for m in messages] == [100, 50]
+    assert [m.routing_key for m in messages] == ["catalog.store.updated"] * 2
+    assert all(CC_HEADER not in m.headers for m in messages)  # one kind: no other routing key
     assert [e["data"]["name"] for c in carried for e in c] == names  # in outbox order
     assert (await harness.effects()) == dict.fromkeys(names, 1)
+
+
+async def test_events_of_several_kinds_travel_together_and_each_queue_handles_only_its_own(harness, test_settings):
+    """A run of the outbox is one message whatever its events' types: routed by its first event's
+    type and, through RabbitMQ's `CC` header, by the others. A queue bound to only one of the types
+    still gets it, once; its consumer handles the events of its type, each once, and acknowledges
+    the others unhandled: with `wants` (the harness's consumer, `catalog.store.*`) and without (a
+    second one, `catalog.product.*`)."""
+    products_handler = f"products_{uuid.uuid4().hex[:8]}"
+    consumers = EventConsumers("audit")
+
+    @consumers.on("catalog.product.*", name=products_handler)
+    async def record_product(env: Envelope, uow) -> None:
+        await uow.execute("INSERT INTO kit_probe (event_id, handler, name) VALUES (:e, :h, :n)",
+                          {"e": env.id, "h": products_handler, "n": env.data["name"]})
+
+    products = Messaging(harness.consumer_settings, harness.consumer_db, consumers)
+    await products.start()
+    conn = await aio_pika.connect(test_settings.rabbit_url)
+    try:
+        channel = await conn.channel()
+        exchange = await channel.get_exchange(f"{test_settings.broker_namespace}.events")
+        taps: dict[str, list[aio_pika.abc.AbstractIncomingMessage]] = {"products": [], "both": []}
+        # Bound only to the type that is never a message's first: it is reached by CC alone.
+        only_products = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await only_products.bind(exchange, routing_key="catalog.product.created")
+        # Bound to both types: still one copy of each message.
+        both = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await both.bind(exchange, routing_key="catalog.store.updated")
+        await both.bind(exchange, routing_key="catalog.product.created")
+        for name, queue in (("products", only_products), ("both", both)):
+            async def keep(message: aio_pika.abc.AbstractIncomingMessage, into=taps[name]) -> None:
+                into.append(message)
+
+            await queue.consume(keep, no_ack=True)
+
+        await harness.stop_relay()
+        stores = [f"store-{i}" for i in range(60)]
+        goods = [f"product-{i}" for i in range(60)]
+        order = [n for pair in zip(stores, goods, strict=True) for n in pair]  # store, product, store, ...
+        ids = await harness.emit_events(*(store_event(n) if n.startswith("store") else product_event(n)
+                                          for n in order))  # one transaction
+        store_ids, product_ids = ids[::2], ids[1::2]
+        harness.start_relay()
+
+        async def handled() -> bool:
+            return await _has(harness, *stores) and set(await _effects(harness, products_handler)) >= set(goods)
+
+        await eventually(handled, timeout=30, what="every event handled by the consumer of its type")
+
+        async def tapped() -> bool:
+            return all(sum(len(json_events_in(m.body)) for m in tap) == len(order) for tap in taps.values())
+
+        await eventually(tapped, what="both taps")
+        # Settle everything in hand (a stray event of the wrong type would be handled by now).
+        await harness.consumer.stop()
+        await products.stop()
+    finally:
+        await products.stop()
+        await conn.close()
+
+    for tap in taps.values():
+        carried = [json_events_in(m.body) for m in tap]
+        assert [len(c) for c in carried] == [100, 20]  # as few messages as the size cap allows
+        assert [e["data"]["name"] for c in carried for e in c] == order  # in outbox order, kinds mixed
+        assert [m.routing_key for m in tap] == ["catalog.store.updated"] * 2  # the first event's type
+        assert [m.headers.get(CC_HEADER) for m in tap] == [["catalog.product.created"]] * 2  # the other one
+        assert [m.headers.get(EVENTS_HEADER) for m in tap] == [100, 20]
+
+    # Each consumer handled the events of its own type, each once, and none of the other's.
+    assert await harness.effects() == dict.fromkeys(stores, 1)
+    assert await _effects(harness, products_handler) == dict.fromkeys(goods, 1)
+    assert _skipped(harness.handler) == len(goods) and _skipped(products_handler) == len(stores)
+    async with harness.consumer_db.engine.connect() as db:
+        claimed = (await db.execute(
+            text("SELECT handler, event_id FROM inbox WHERE handler = ANY(:h) AND event_id = ANY(:ids)"),
+            {"h": [harness.handler, products_handler], "ids": ids})).all()
+    assert {(h, e) for h, e in claimed} == ({(harness.handler, e) for e in store_ids}
+                                            | {(products_handler, e) for e in product_ids})
+    # Nothing retried, dead-lettered or left behind.
+    conn = await aio_pika.connect(test_settings.rabbit_url)
+    async with conn:
+        channel = await conn.channel()
+        for handler in (harness.handler, products_handler):
+            qname = f"{test_settings.broker_namespace}.audit.{handler}"
+            for name in (qname, f"{qname}.dlq"):
+                queue = await channel.declare_queue(name, passive=True)
+                assert queue.declaration_result.message_count == 0, name
+
+
+@pytest.mark.parametrize("delays", [[100, 200], []], ids=["after-retries", "at-once"])
+async def test_a_failing_event_of_a_mixed_message_is_retried_alone_without_its_routing(harness, test_settings, delays):
+    """An event of a message of several types that fails is retried and dead-lettered alone: its
+    own envelope, without the message's `CC` routing (a retry goes to one queue) or event count.
+    (RabbitMQ itself drops `CC` when a retry queue dead-letters back with its routing key, so only
+    a dead-lettering without retries shows the kit's own dropping of it.)"""
+    harness.consumer.settings = harness.consumer.settings.model_copy(update={"retry_delays_ms": delays})
+    harness.fail_names.add("bad")
+    await harness.emit_events(product_event("p-0"), store_event("s-0"), store_event("bad"), product_event("p-1"),
+                              store_event("s-1"))  # one message: routed by catalog.product.created, CC the stores
+    await eventually(lambda: _has(harness, "s-0", "s-1"), what="the good store events")
+    qname = f"{test_settings.broker_namespace}.audit.{harness.handler}"
+
+    async def dead() -> aio_pika.abc.AbstractIncomingMessage | None:
+        conn = await aio_pika.connect(test_settings.rabbit_url)
+        async with conn:
+            queue = await (await conn.channel()).declare_queue(f"{qname}.dlq", passive=True)
+            return await queue.get(fail=False, no_ack=True)
+
+    msg = await eventually(dead, timeout=20, what="the bad event in the DLQ")
+    assert Envelope.model_validate_json(msg.body).data["name"] == "bad"  # one envelope, not the array
+    assert msg.headers.get("x-dropslot-attempt", 0) == len(delays) and "poison" in msg.headers["x-dropslot-error"]
+    assert CC_HEADER not in msg.headers and EVENTS_HEADER not in msg.headers
+    assert await harness.effects() == {"s-0": 1, "s-1": 1}
 
 
 async def test_first_publishes_racing_each_other_open_one_channel(harness):
@@ -338,10 +466,59 @@ async def test_first_publishes_racing_each_other_open_one_channel(harness):
     assert all(t is targets[0] for t in targets)
 
 
-def test_the_relay_groups_only_neighbours_of_one_routing_key():
+def test_the_relay_cuts_the_outbox_into_runs_whatever_their_routing_keys():
     relay = OutboxRelay(KitSettings(service="catalog", outbox_message_events=3), lambda *a: None)
     rows = [{"id": i, "routing_key": rk} for i, rk in enumerate("aaaabab")]
-    assert [[r["id"] for r in g] for g in relay._messages(rows)] == [[0, 1, 2], [3], [4], [5], [6]]
+    assert [[r["id"] for r in g] for g in relay._messages(rows)] == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+async def test_a_message_is_routed_by_its_first_type_and_cc_lists_the_others_sorted():
+    sent: list[tuple[str, bytes, str, dict]] = []
+
+    async def publish(rk, body, mid, headers):
+        sent.append((rk, body, mid, headers))
+
+    relay = OutboxRelay(KitSettings(service="catalog"), publish)
+
+    def rows(*keys: str) -> list[dict]:
+        return [{"id": f"id-{i}", "routing_key": k, "envelope": orjson.dumps({"n": i}).decode(), "traceparent": None}
+                for i, k in enumerate(keys)]
+
+    await relay._publish_group(rows("m.b", "m.c", "m.b", "m.a", "m.c"))
+    await relay._publish_group(rows("m.a", "m.a"))
+    await relay._publish_group(rows("m.z"))
+    (rk1, body1, mid1, h1), (rk2, _, _, h2), (rk3, _, _, h3) = sent
+    assert (rk1, mid1, h1) == ("m.b", "id-0", {EVENTS_HEADER: 5, CC_HEADER: ["m.a", "m.c"]})
+    assert orjson.loads(body1) == [{"n": i} for i in range(5)]
+    assert (rk2, h2) == ("m.a", {EVENTS_HEADER: 2})  # one kind: no CC
+    assert (rk3, h3) == ("m.z", {})  # alone: a plain envelope
+
+
+@pytest.mark.parametrize(("pattern", "key", "routed"), [
+    ("booking.#", "booking", True),
+    ("booking.#", "booking.reservation.created", True),
+    ("booking.*", "booking.reservation.created", False),
+    ("booking.*", "booking", False),
+    ("booking.*", "booking.reservation", True),
+    ("*.reservation.*", "booking.reservation.created", True),
+    ("*.reservation.*", "booking.reservation", False),
+    ("#.created", "booking.reservation.created", True),
+    ("#.created", "created", True),
+    ("#.created", "booking.reservation.confirmed", False),
+    ("booking.#.created", "booking.created", True),
+    ("booking.#.created", "booking.a.b.created", True),
+    ("booking.reservation.created", "booking.reservation.created", True),
+    ("booking.reservation.created", "booking.reservation.confirmed", False),
+    ("booking.reservation", "booking.reservation.created", False),
+    ("#", "anything.at.all", True),
+    ("#", "one", True),
+    ("*", "one", True),
+    ("*", "one.two", False),
+    ("catalog.store.*", "catalog.product.created", False),
+])
+def test_topic_matches_routes_as_a_topic_exchange_does(pattern, key, routed):
+    """`*` is exactly one word, `#` zero or more."""
+    assert topic_matches(pattern, key) is routed
 
 
 async def test_duplicates_inside_one_batch_take_effect_once(harness):
@@ -457,6 +634,20 @@ async def _has(h: Harness, *names: str) -> bool:
     return all(n in effects for n in names)
 
 
+async def _effects(h: Harness, handler: str) -> dict[str, int]:
+    """What another consumer of the harness's database recorded in the probe table."""
+    async with h.consumer_db.engine.connect() as conn:
+        rows = await conn.execute(
+            text("SELECT name, count(*) FROM kit_probe WHERE handler = :h GROUP BY name"), {"h": handler})
+        return {name: n for name, n in rows}
+
+
+def _skipped(handler: str) -> float:
+    """Events this consumer acknowledged unhandled (its metric)."""
+    labels = {"service": "audit", "handler": handler, "outcome": "skipped"}
+    return REGISTRY.get_sample_value("messages_consumed_total", labels) or 0
+
+
 async def test_ready_is_a_503_problem_naming_what_is_down(test_settings):
     """A service whose broker link is cut says so on /ready instead of failing the check itself."""
     from urllib.parse import urlsplit
@@ -502,7 +693,6 @@ async def _ok(client) -> bool:
 
 def test_the_asyncapi_document_describes_each_queue_and_batched_messages(test_settings):
     """/asyncapi.json is built from the consumers, without a broker connection."""
-    from dropslot_kit.outbox import EVENTS_HEADER
     from faststream.specification import AsyncAPI
 
     consumers = EventConsumers("audit")

@@ -38,7 +38,7 @@ from pydantic import TypeAdapter
 
 from . import context, inbox, telemetry
 from .context import CallContext
-from .outbox import EVENTS_HEADER
+from .outbox import CC_HEADER, EVENTS_HEADER
 from .settings import KitSettings
 
 if TYPE_CHECKING:
@@ -72,6 +72,21 @@ def make_broker(settings: KitSettings) -> RabbitBroker:
     )
 
 
+def topic_matches(pattern: str, key: str) -> bool:
+    """Whether a topic exchange routes `key` to a binding of `pattern`: words split by dots, `*`
+    stands for exactly one word, `#` for zero or more."""
+    words, keys = pattern.split("."), key.split(".")
+
+    def match(i: int, j: int) -> bool:
+        if i == len(words):
+            return j == len(keys)
+        if words[i] == "#":
+            return any(match(i + 1, k) for k in range(j, len(keys) + 1))
+        return j < len(keys) and words[i] in ("*", keys[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
 @dataclass
 class Consumer:
     name: str
@@ -80,6 +95,17 @@ class Consumer:
     prefetch: int | None = None
     many: ManyHandler | None = None  # takes a whole batch at once (e.g. one multi-row INSERT)
     wants: Wants | None = None  # False: acknowledged unhandled, before any database work
+    _binds: dict[str, bool] = field(default_factory=dict, repr=False)
+
+    def binds(self, event_type: str) -> bool:
+        """Whether this consumer's queue is bound to events of this type (a message of several
+        events may also carry types the queue is not bound to: outbox.py)."""
+        known = self._binds.get(event_type)
+        if known is None:
+            if len(self._binds) > 1000:  # types are few; a flood of odd ones must not grow this
+                self._binds.clear()
+            known = self._binds[event_type] = any(topic_matches(p, event_type) for p in self.patterns)
+        return known
 
 
 @dataclass
@@ -125,7 +151,7 @@ _ENVELOPES = TypeAdapter(list[Envelope])
 
 def envelopes_in(body: bytes) -> list[Envelope]:
     """The events a message carries: one envelope, or a JSON array of envelopes (the outbox
-    relay sends neighbouring events of one routing key together). ValueError if neither."""
+    relay sends neighbouring events together). ValueError if neither."""
     if body.lstrip()[:1] == b"[":
         envs = _ENVELOPES.validate_json(body)
         if not envs:
@@ -150,16 +176,22 @@ def _queue_description(consumer: Consumer) -> str:
     return (
         f"Events with routing keys {', '.join(consumer.patterns)}. A message body is one event "
         f"envelope (a JSON object), or, when the header {EVENTS_HEADER} = N is present, a JSON "
-        "array of N envelopes: neighbouring events of one routing key that the outbox relay sent "
-        "together. Each envelope is handled, retried and dead-lettered on its own."
+        "array of N envelopes: neighbouring events that the outbox relay sent together, routed by "
+        f"the first one's type and by the other types it holds (header {CC_HEADER}). Only the "
+        "envelopes whose type these routing keys bind are handled, each retried and "
+        "dead-lettered on its own."
     )
 
 
-def _wanted(consumer: Consumer, event: Any) -> bool:
-    """False only if `wants` turns down an event that has a type and data to show it."""
-    assert consumer.wants is not None
+def _wanted(consumer: Consumer, event: Any, several: bool) -> bool:
+    """False only for an event that has a type and data to show it and that, in a message of
+    several, has a type the consumer is not bound to, or that `wants` turns down."""
     if not isinstance(event, dict) or not isinstance(event.get("type"), str) or not isinstance(event.get("data"), dict):
         return True  # not an envelope: validation dead-letters it
+    if several and not consumer.binds(event["type"]):
+        return False
+    if consumer.wants is None:
+        return True
     try:
         return consumer.wants(event["type"], event["data"])
     except Exception:  # a bug in the filter: let the handler (and its retries) see the event
@@ -474,15 +506,25 @@ class Messaging:
     async def _handle(self, consumer: Consumer, qname: str, message: Any) -> None:
         raw: bytes = message.body
         headers: dict[str, Any] = dict(message.headers or {})
+        headers.pop(CC_HEADER, None)  # how this message was routed; a retry goes to one queue
         whole = True  # the message's body is exactly the events to handle
         try:
             if consumer.wants is None:
                 envs = envelopes_in(raw)
+                if len(envs) > 1:  # the relay's: it may carry types this queue is not bound to
+                    bound = [env for env in envs if consumer.binds(env.type)]
+                    if len(bound) < len(envs):
+                        telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(
+                            len(envs) - len(bound))
+                        whole, envs = False, bound
+                        if not envs:
+                            return
             else:
                 # Events the handler does not want are acknowledged with the message, here, from
                 # the JSON alone: not validated, no task each (payments and a free drop's storm).
                 events = json_events_in(raw)
-                wanted = [event for event in events if _wanted(consumer, event)]
+                several = len(events) > 1
+                wanted = [event for event in events if _wanted(consumer, event, several)]
                 if len(wanted) < len(events):
                     telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(
                         len(events) - len(wanted))

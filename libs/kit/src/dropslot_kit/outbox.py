@@ -8,15 +8,22 @@ publish can hang while the broker connection is down. Published rows are deleted
 the same transaction that claimed them; a crash before that commit republishes, which
 the consumers' inbox makes harmless.
 
-Consecutive events with the same routing key (in outbox order) travel as one message whose
-body is a JSON array of their envelopes (header `x-dropslot-events`), up to
-`outbox_message_events`. In a drop storm the broker and every consumer otherwise pay their
-per-message cost (frames, properties, a task, a quorum-queue write, an ack) for each of
-thousands of small events: measured here ~0.3-0.5 ms of consumer CPU and ~0.7 ms of RabbitMQ
-per event, more than booking spends on the reservation. The kit's consumers handle each event
-of such a message on its own (inbox, retries and dead-lettering per event). Order is kept:
-only neighbours are grouped, and groups are published in outbox order. While tracing is on,
-every event still travels alone, with its own publish span.
+Consecutive events (in outbox order) travel as one message whose body is a JSON array of their
+envelopes (header `x-dropslot-events`), up to `outbox_message_events`. In a drop storm the
+broker and every consumer otherwise pay their per-message cost (frames, properties, a task, a
+quorum-queue write, an ack) for each of thousands of small events: measured here ~0.3-0.5 ms of
+consumer CPU and ~0.7 ms of RabbitMQ per event, more than booking spends on the reservation.
+
+A message may carry events of several types: its routing key is its first event's type and
+RabbitMQ's sender-selected distribution header `CC` lists the others, so the topic exchange
+routes it to every queue bound to any of them, once per queue. A free reservation writes
+`created` then `confirmed`: grouped by routing key alone, every reserve transaction was two
+messages, and neighbouring transactions could never share one. Each consumer handles only the
+events its own patterns bind (`broker.topic_matches`) and acknowledges the others with the
+message. The kit's consumers handle each event of a message on its own (inbox, retries and
+dead-lettering per event). Order is kept: a message is a run of the outbox, and messages are
+published in outbox order. While tracing is on, every event still travels alone, with its own
+publish span.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ log = logging.getLogger("dropslot.outbox")
 
 Publish = Callable[[str, bytes, str, dict[str, Any]], Awaitable[None]]
 EVENTS_HEADER = "x-dropslot-events"  # a message carrying this many envelopes as a JSON array
+CC_HEADER = "CC"  # RabbitMQ's sender-selected distribution: more routing keys for one message
 
 
 def _body(row: asyncpg.Record) -> bytes:
@@ -125,24 +133,22 @@ class OutboxRelay:
             return len(done)
 
     def _messages(self, rows: list[asyncpg.Record]) -> list[list[asyncpg.Record]]:
-        """Rows in outbox order, cut into runs of one routing key (one message each)."""
+        """Rows in outbox order, cut into runs of at most `outbox_message_events` (one message each)."""
         most = 1 if telemetry.tracing_enabled() else max(1, self.settings.outbox_message_events)
-        groups: list[list[asyncpg.Record]] = []
-        for row in rows:
-            last = groups[-1] if groups else None
-            if last is not None and len(last) < most and last[0]["routing_key"] == row["routing_key"]:
-                last.append(row)
-            else:
-                groups.append([row])
-        return groups
+        return [rows[i : i + most] for i in range(0, len(rows), most)]
 
     async def _publish_group(self, rows: list[asyncpg.Record]) -> None:
         if len(rows) == 1:
             await self._publish_row(rows[0])
             return
         body = b"[" + b",".join(_body(r) for r in rows) + b"]"
+        first = rows[0]["routing_key"]
+        headers: dict[str, Any] = {EVENTS_HEADER: len(rows)}
+        others = sorted({r["routing_key"] for r in rows} - {first})
+        if others:
+            headers[CC_HEADER] = others
         async with asyncio.timeout(self.settings.publish_timeout_seconds):
-            await self.publish(rows[0]["routing_key"], body, str(rows[0]["id"]), {EVENTS_HEADER: len(rows)})
+            await self.publish(first, body, str(rows[0]["id"]), headers)
 
     async def _publish_row(self, row: asyncpg.Record) -> None:
         headers: dict[str, Any] = {}

@@ -45,8 +45,8 @@ class KitSettings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
 
     outbox_batch: int = 256
-    # Consecutive events of one routing key travel as one message (a JSON array) of at most this
-    # many; 1 = one message per event. See outbox.py.
+    # Consecutive events travel as one message (a JSON array, routed by every type it holds) of
+    # at most this many; 1 = one message per event. See outbox.py.
     outbox_message_events: int = 100
     outbox_poll_seconds: float = 1.0
     publish_timeout_seconds: float = 5.0
