@@ -107,6 +107,29 @@ async def test_what_a_batch_refuses_leaves_nothing_behind(cluster: Cluster) -> N
     assert await cluster.invariants() == []
 
 
+@pytest.mark.parametrize("sql", ["reserve_seats", "reserve_batch"])
+async def test_both_forms_of_the_transaction_decide_a_batch_alike(cluster: Cluster, sql: str) -> None:
+    """`reserve_seats` (a loop, what a lone request runs) and `reserve_batch` (a statement per
+    step, what a batch runs) give the same outcomes for the same crafted batch."""
+    from dropslot_booking.adapters.hotpath import RESERVE, RESERVE_BATCH, reserve_args
+
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store, rule={"max_per_user": 1})
+    earlier = await cluster.slot(store, drop, capacity=5, start_in=timedelta(hours=2))
+    slot = await cluster.slot(store, drop, capacity=3)
+    hot, now = cluster.booking.hot, datetime.now(UTC)
+    holder, twin, double = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert await hot.reserve(uuid.UUID(earlier["id"]), now, [seat(holder, "held")]) == ["ok"]
+    batch = [seat(twin, "k"), seat(twin, "k"), seat(holder, "x"), seat(double, "d1"), seat(double, "d2"),
+             seat(uuid.uuid4(), "a"), seat(uuid.uuid4(), "b"), seat(uuid.uuid4(), None)]
+    assert hot.pool is not None
+    rows = await hot.pool.fetch(RESERVE if sql == "reserve_seats" else RESERVE_BATCH,
+                                *reserve_args(uuid.UUID(slot["id"]), now, batch))
+    outcomes = [r["r_outcome"] for r in sorted(rows, key=lambda r: r["r_idx"])]
+    assert outcomes == ["ok", "idempotent", "limit", "ok", "already_reserved", "ok", "sold_out", "sold_out"]
+    assert await cluster.invariants() == []
+
+
 async def test_per_user_limit_across_slots_in_separate_batches(cluster: Cluster) -> None:
     store = await cluster.store(cluster.user())
     drop = await cluster.drop(store, rule={"max_per_user": 1})
