@@ -75,9 +75,13 @@ async def test_twins_in_one_batch(cluster: Cluster) -> None:
     assert await cluster.invariants() == []
 
 
-async def test_what_a_batch_refuses_leaves_nothing_behind(cluster: Cluster) -> None:
+@pytest.mark.parametrize("sql", ["reserve_seats", "reserve_batch"])
+async def test_what_a_batch_refuses_leaves_nothing_behind(cluster: Cluster, sql: str) -> None:
     """Requests refused after their rows were written (the per-drop limit; no seat left at the
-    moment of selling out) keep no reservation, no Idempotency-Key, no count and no event."""
+    moment of selling out) keep no reservation, no Idempotency-Key, no count and no event, in
+    both forms of the transaction."""
+    from dropslot_booking.adapters.hotpath import RESERVE, RESERVE_BATCH, reserve_args
+
     store = await cluster.store(cluster.user())
     drop = await cluster.drop(store, rule={"max_per_user": 1})
     earlier = await cluster.slot(store, drop, capacity=5, start_in=timedelta(hours=2))
@@ -87,7 +91,11 @@ async def test_what_a_batch_refuses_leaves_nothing_behind(cluster: Cluster) -> N
     assert await hot.reserve(uuid.UUID(earlier["id"]), now, [seat(holder, "held")]) == ["ok"]
     batch = [seat(uuid.uuid4(), "a"), seat(holder, "x"), seat(uuid.uuid4(), "b"), seat(uuid.uuid4(), "c"),
              seat(uuid.uuid4(), "d")]
-    assert await hot.reserve(uuid.UUID(slot["id"]), now, batch) == ["ok", "limit", "ok", "sold_out", "sold_out"]
+    assert hot.pool is not None
+    rows = await hot.pool.fetch(RESERVE if sql == "reserve_seats" else RESERVE_BATCH,
+                                *reserve_args(uuid.UUID(slot["id"]), now, batch))
+    assert [r["r_outcome"] for r in sorted(rows, key=lambda r: r["r_idx"])] == [
+        "ok", "limit", "ok", "sold_out", "sold_out"]
     refused = [batch[1], batch[3], batch[4]]
     assert await outbox_ids(cluster, [ob.id for s in refused for ob in s.outbox]) == 0
     async with cluster.booking.db.uow() as uow:
@@ -111,7 +119,7 @@ async def test_what_a_batch_refuses_leaves_nothing_behind(cluster: Cluster) -> N
 async def test_both_forms_of_the_transaction_decide_a_batch_alike(cluster: Cluster, sql: str) -> None:
     """`reserve_seats` (a loop, what a lone request runs) and `reserve_batch` (a statement per
     step, what a batch runs) give the same outcomes for the same crafted batch."""
-    from dropslot_booking.adapters.hotpath import RESERVE, RESERVE_BATCH, reserve_args
+    from dropslot_booking.adapters.hotpath import RESERVE, RESERVE_BATCH, SET_FROM, reserve_args, reserve_sql
 
     store = await cluster.store(cluster.user())
     drop = await cluster.drop(store, rule={"max_per_user": 1})
@@ -123,6 +131,7 @@ async def test_both_forms_of_the_transaction_decide_a_batch_alike(cluster: Clust
     batch = [seat(twin, "k"), seat(twin, "k"), seat(holder, "x"), seat(double, "d1"), seat(double, "d2"),
              seat(uuid.uuid4(), "a"), seat(uuid.uuid4(), "b"), seat(uuid.uuid4(), None)]
     assert hot.pool is not None
+    assert reserve_sql(len(batch)) == RESERVE and reserve_sql(SET_FROM) == RESERVE_BATCH  # what the hot path picks
     rows = await hot.pool.fetch(RESERVE if sql == "reserve_seats" else RESERVE_BATCH,
                                 *reserve_args(uuid.UUID(slot["id"]), now, batch))
     outcomes = [r["r_outcome"] for r in sorted(rows, key=lambda r: r["r_idx"])]

@@ -16,11 +16,12 @@ reservation, the per-person count), each a plan execution of its own. `booking.r
      once in a call, which an ON CONFLICT DO UPDATE needs);
   4. the candidates' outbox rows, then the slot row locked for the tail only, as in reserve_seats;
   5. whatever was refused after its rows were written is undone in one statement per table.
-Measured alone (one connection, 40 requests per call, alternating rounds): 45-97 µs of
-PostgreSQL CPU per reservation against 65-127 for the loop, lower in every round. For ONE request
-the set form costs more (its extra statements: 340-560 µs against 290-480), so a lone request
-keeps `reserve_seats`, and so does the bench's database ceiling (one reservation per
-transaction): the hot path calls whichever is cheaper for the size of the batch.
+Measured alone (one connection, alternating rounds): at 40 requests per call 45-97 µs of
+PostgreSQL CPU per reservation against 65-127 for the loop, lower in every round; at 24, 80
+against 93; from 4 to 16 level within noise; for ONE request the set form costs more (its extra
+statements: 340-560 µs against 290-480). So the hot path calls `reserve_batch` for 16 requests
+or more (`hotpath.SET_FROM`) and `reserve_seats` below, and the bench's database ceiling (one
+reservation per transaction) is still measured on `reserve_seats`.
 
 One difference in what a refusal says, not in what is written: when two requests of one person
 for one slot (with different keys) meet in the same batch and the first is refused for the
