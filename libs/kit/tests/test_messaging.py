@@ -124,10 +124,12 @@ class Harness:
             )
             return [dict(r._mapping) for r in result]
 
-    async def effects(self) -> dict[str, int]:
+    async def effects(self, handler: str | None = None) -> dict[str, int]:
+        """What a consumer recorded in the probe table (the harness's own, or `handler`)."""
         async with self.consumer_db.engine.connect() as conn:
             rows = await conn.execute(
-                text("SELECT name, count(*) FROM kit_probe WHERE handler = :h GROUP BY name"), {"h": self.handler}
+                text("SELECT name, count(*) FROM kit_probe WHERE handler = :h GROUP BY name"),
+                {"h": handler or self.handler},
             )
             return {name: n for name, n in rows}
 
@@ -387,7 +389,7 @@ async def test_events_of_several_kinds_travel_together_and_each_queue_handles_on
         harness.start_relay()
 
         async def handled() -> bool:
-            return await _has(harness, *stores) and set(await _effects(harness, products_handler)) >= set(goods)
+            return await _has(harness, *stores) and set(await harness.effects(products_handler)) >= set(goods)
 
         await eventually(handled, timeout=30, what="every event handled by the consumer of its type")
 
@@ -412,7 +414,7 @@ async def test_events_of_several_kinds_travel_together_and_each_queue_handles_on
 
     # Each consumer handled the events of its own type, each once, and none of the other's.
     assert await harness.effects() == dict.fromkeys(stores, 1)
-    assert await _effects(harness, products_handler) == dict.fromkeys(goods, 1)
+    assert await harness.effects(products_handler) == dict.fromkeys(goods, 1)
     assert _skipped(harness.handler) == len(goods) and _skipped(products_handler) == len(stores)
     async with harness.consumer_db.engine.connect() as db:
         claimed = (await db.execute(
@@ -632,14 +634,6 @@ async def test_events_written_while_broker_is_unreachable_are_published_when_it_
 async def _has(h: Harness, *names: str) -> bool:
     effects = await h.effects()
     return all(n in effects for n in names)
-
-
-async def _effects(h: Harness, handler: str) -> dict[str, int]:
-    """What another consumer of the harness's database recorded in the probe table."""
-    async with h.consumer_db.engine.connect() as conn:
-        rows = await conn.execute(
-            text("SELECT name, count(*) FROM kit_probe WHERE handler = :h GROUP BY name"), {"h": handler})
-        return {name: n for name, n in rows}
 
 
 def _skipped(handler: str) -> float:

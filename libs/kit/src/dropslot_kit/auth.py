@@ -255,9 +255,7 @@ class JWKSVerifier:
 
     def vouched(self, body: str, proof: str | None) -> bool:
         """Whether `proof` is the gateway's for this body (`vouch`), under any of the keys."""
-        if not proof or not self.proof_keys:
-            return False
-        return any(hmac.compare_digest(body_proof(k, body), proof) for k in self.proof_keys)
+        return self._proven(BODY_PROOF_PREFIX + body, proof)  # body_proof, under each key
 
     async def verify(self, token: str, proof: str | None = None) -> Principal:
         hit = self._verified.get(token)

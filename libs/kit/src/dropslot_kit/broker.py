@@ -507,35 +507,27 @@ class Messaging:
         raw: bytes = message.body
         headers: dict[str, Any] = dict(message.headers or {})
         headers.pop(CC_HEADER, None)  # how this message was routed; a retry goes to one queue
-        whole = True  # the message's body is exactly the events to handle
         try:
             if consumer.wants is None:
                 envs = envelopes_in(raw)
-                if len(envs) > 1:  # the relay's: it may carry types this queue is not bound to
-                    bound = [env for env in envs if consumer.binds(env.type)]
-                    if len(bound) < len(envs):
-                        telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(
-                            len(envs) - len(bound))
-                        whole, envs = False, bound
-                        if not envs:
-                            return
+                carried = len(envs)
+                if carried > 1:  # the relay's: it may carry types this queue is not bound to
+                    envs = [env for env in envs if consumer.binds(env.type)]
             else:
                 # Events the handler does not want are acknowledged with the message, here, from
                 # the JSON alone: not validated, no task each (payments and a free drop's storm).
                 events = json_events_in(raw)
-                several = len(events) > 1
-                wanted = [event for event in events if _wanted(consumer, event, several)]
-                if len(wanted) < len(events):
-                    telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(
-                        len(events) - len(wanted))
-                    whole = False
-                    if not wanted:
-                        return
-                envs = [Envelope.model_validate(event) for event in wanted]
+                carried = len(events)
+                envs = [Envelope.model_validate(event) for event in events if _wanted(consumer, event, carried > 1)]
         except ValueError as exc:  # pydantic's ValidationError is one
             log.error("poison message on %s (not an envelope): %s", qname, exc)
             await self._dead_letter(consumer, qname, raw, headers, f"not an envelope: {exc}")
             return
+        whole = len(envs) == carried  # the message's body is exactly the events to handle
+        if not whole:
+            telemetry.MESSAGES_CONSUMED.labels(self.settings.service, consumer.name, "skipped").inc(carried - len(envs))
+            if not envs:
+                return
         if len(envs) == 1 and whole:  # its body, array or not, is what a retry sends on
             await self._handle_one(consumer, qname, envs[0], headers, raw)
             return

@@ -65,7 +65,7 @@ def reserve_sql(seats: int) -> str:
 
 
 # A transaction of several slots writes its outbox rows after the slots' calls, in one statement:
-# every reserved seat's first event, then every seat's second (see reserve_groups).
+# the granted seats' events, seat by seat (see reserve_groups).
 INSERT_OUTBOX = """
 INSERT INTO booking.outbox (id, routing_key, envelope, traceparent)
 SELECT o.id, o.rk, o.env::json, o.tp
@@ -222,7 +222,7 @@ class HotPath:
                     results[g] = _outcomes(await conn.fetch(reserve_sql(seats), *args[g]), seats)
                 rows = _granted_outbox([(groups[g][1], results[g]) for g in order])
                 if rows:
-                    # reserve_seats set dropslot.outbox_quiet for this transaction when it granted
+                    # The slots' calls set dropslot.outbox_quiet for this transaction when they granted
                     # a seat: this insert does not NOTIFY either (booking_0003).
                     await conn.execute(INSERT_OUTBOX, *rows)
             return results
