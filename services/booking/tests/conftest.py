@@ -39,7 +39,8 @@ class Replica:
 
 
 class Cluster:
-    """Two booking replicas; requests alternate between them as the gateway's round robin does."""
+    """Two booking replicas; requests alternate between them (as the gateway's choice does while
+    neither is busier), so concurrent requests meet in both replicas."""
 
     def __init__(self, replicas: list[Replica], signer: TestSigner, producer: Messaging, settings: Settings):
         self.replicas = replicas

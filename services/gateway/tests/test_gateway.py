@@ -12,6 +12,7 @@ import pytest
 from aiohttp import web
 from dropslot_gateway.config import Settings
 from dropslot_gateway.main import Gateway
+from dropslot_gateway.main import Upstream as Replicas
 from dropslot_gateway.ratelimit import RateLimiter
 from dropslot_gateway.routes import service_for
 from dropslot_gateway.server import GatewayServer
@@ -161,6 +162,32 @@ async def test_balances_booking_replicas_and_skips_a_dead_one(gw):
     await gw["b2"].stop()
     answers = [(await c.get("/api/v1/slots/1")).json()["upstream"] for _ in range(4)]
     assert answers == ["booking-1"] * 4
+
+
+def test_replicas_with_fewer_requests_in_flight_come_first_and_equals_take_turns():
+    replicas = Replicas("booking", ["http://a/", "http://b", "http://c"])
+    assert [replicas.order()[0] for _ in range(6)] == ["http://a", "http://b", "http://c"] * 2
+    replicas.inflight.update({"http://a": 3, "http://b": 1, "http://c": 2})
+    assert replicas.order() == ["http://b", "http://c", "http://a"]
+    replicas.inflight.update({"http://a": 0, "http://b": 0, "http://c": 5})
+    firsts = [replicas.order()[0] for _ in range(4)]
+    assert sorted(firsts) == ["http://a", "http://a", "http://b", "http://b"]
+    assert all(o[-1] == "http://c" for o in (replicas.order() for _ in range(3)))
+
+
+async def test_a_replica_still_busy_with_a_request_gets_the_next_ones_after_the_others(gw):
+    c = gw["client"]
+    slow = asyncio.create_task(c.get("/api/v1/slots/slow"))  # held 1 s (the gateway's timeout)
+    async with asyncio.timeout(5):
+        while gw["b1"].hits + gw["b2"].hits == 0:
+            await asyncio.sleep(0.01)
+    busy, free = ("b1", "b2") if gw["b1"].hits else ("b2", "b1")
+    answers = [(await c.get("/api/v1/slots/1")).json()["upstream"] for _ in range(4)]
+    assert answers == [gw[free].name] * 4 and gw[busy].hits == 1
+    assert (await slow).status_code == 504
+    # Once it has answered, the two take turns again.
+    answers = [(await c.get("/api/v1/slots/1")).json()["upstream"] for _ in range(4)]
+    assert sorted(answers) == ["booking-1", "booking-1", "booking-2", "booking-2"]
 
 
 async def test_down_service_is_a_fast_502_and_slow_one_a_bounded_504(gw):

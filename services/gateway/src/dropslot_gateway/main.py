@@ -2,8 +2,8 @@
 
 Served by its own HTTP server (server.py: httptools, no ASGI layer), with pooled keep-alive
 connections per replica (upstream.py: an httpx-based proxy cost ~2.5 ms CPU per request here,
-aiohttp ~0.3 ms, ours less), local JWT checks with cached keys,
-bodies passed through unparsed, replicas balanced round-robin. A token checked here is
+aiohttp ~0.3 ms, ours less), local JWT checks with cached keys, bodies passed through
+unparsed, replicas chosen by fewest requests in flight (`Upstream`). A token checked here is
 forwarded with the gateway's proof (kit auth), so the service does not check its signature again.
 
 One exception to "thin": booking's sold-out refusals, which booking marks as repeatable, are
@@ -60,14 +60,29 @@ class GatewayTimeout(Problem):
 
 
 class Upstream:
+    """A service's replicas, chosen per request by fewest requests in flight from this gateway,
+    in turn among equals (round-robin when idle).
+
+    Round-robin alone gives a replica half the requests however slowly it answers: in a drop
+    storm one booking replica is often slower for a while (its transaction waits for the hot slot
+    row the other holds, or it loses the CPU), its queue grows while the other's empties, and
+    most of the requests in flight end up waiting at the slower one, several of its
+    transactions deep. Measured in a storm of 2,000 seats on one slot (alternating storms in one
+    system, 12 pairs): p99 of accepted requests mostly 144-215 ms against 186-500 ms."""
+
     def __init__(self, name: str, urls: list[str]):
         self.name = name
         self.urls = [u.rstrip("/") for u in urls]
         self._rr = itertools.cycle(range(len(self.urls)))
+        self.inflight = dict.fromkeys(self.urls, 0)
 
     def order(self) -> list[str]:
+        """The replicas to try, best first: fewest in flight, ties in turn (a stable sort)."""
         start = next(self._rr)
-        return self.urls[start:] + self.urls[:start]
+        urls = self.urls[start:] + self.urls[:start]
+        if len(urls) > 1:
+            urls.sort(key=self.inflight.__getitem__)
+        return urls
 
 
 class Gateway:
@@ -248,7 +263,9 @@ class Gateway:
             if refusal is not None:
                 return refusal.status, [(b"x-request-id", request_id), *refusal.headers], refusal.body
         last_error: Exception | None = None
-        for base_url in self.upstreams[service].order():
+        upstream = self.upstreams[service]
+        for base_url in upstream.order():
+            upstream.inflight[base_url] += 1
             try:  # the pool bounds the request by upstream_timeout_seconds (TimeoutError)
                 if telemetry.tracing_enabled():
                     status, resp_headers, payload = await self._traced_request(
@@ -265,6 +282,8 @@ class Gateway:
                 raise GatewayTimeout(f"{service} did not answer within {limit:.0f}s") from None
             except UpstreamBroken as exc:
                 raise BadGateway(f"{service}: {exc}") from None
+            finally:
+                upstream.inflight[base_url] -= 1
             if status == 200 and method == "POST" and req.path in ISSUING_PATHS:
                 self._remember_issued(payload)
             out = [(b"x-request-id", request_id)]
