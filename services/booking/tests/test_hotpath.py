@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
+import asyncpg
 import pytest
 from dropslot_booking.adapters.hotpath import Outbox, Seat
 from dropslot_booking.adapters.sql import all_rows, one
@@ -221,6 +222,46 @@ async def test_several_slots_share_one_transaction_and_each_keeps_its_capacity(c
     refused = [ob.id for (_, seats), outs in zip(groups, outcomes, strict=True) for s, o in zip(seats, outs, strict=True)
                if o != "ok" for ob in s.outbox]
     assert await outbox_ids(cluster, refused) == 0
+
+
+async def test_in_a_transaction_of_several_slots_each_slot_is_decided_as_alone(cluster: Cluster) -> None:
+    """`reserve_slots` (one call for several slots) decides each slot's run as that slot's own
+    call would: the loop below SET_FROM requests, the set form from there."""
+    from dropslot_booking.adapters.hotpath import SET_FROM
+
+    store = await cluster.store(cluster.user())
+    drop = await cluster.drop(store, rule={"max_per_user": 1})
+    earlier = await cluster.slot(store, drop, capacity=5, start_in=timedelta(hours=5))
+    small = uuid.UUID((await cluster.slot(store, drop, capacity=3, start_in=timedelta(hours=2)))["id"])
+    big = uuid.UUID((await cluster.slot(store, drop, capacity=10, start_in=timedelta(hours=3)))["id"])
+    hot, now = cluster.booking.hot, datetime.now(UTC)
+    holder, twin, double, other_twin = uuid.uuid4(), uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    assert await hot.reserve(uuid.UUID(earlier["id"]), now, [seat(holder, "held")]) == ["ok"]
+    small_batch = [seat(twin, "k"), seat(twin, "k"), seat(holder, "x"), seat(double, "d1"), seat(double, "d2"),
+                   seat(uuid.uuid4(), "a"), seat(uuid.uuid4(), "b"), seat(uuid.uuid4(), None)]
+    big_batch = [seat(other_twin, "t"), seat(other_twin, "t")] + [seat(uuid.uuid4(), None) for _ in range(SET_FROM + 2)]
+    outcomes = await hot.reserve_groups(now, [(big, big_batch), (small, small_batch)])
+    assert outcomes[1] == ["ok", "idempotent", "limit", "ok", "already_reserved", "ok", "sold_out", "sold_out"]
+    assert outcomes[0] == ["ok", "idempotent"] + ["ok"] * 9 + ["sold_out"] * (SET_FROM - 7)
+    refused = [s for group, outs in zip((big_batch, small_batch), outcomes, strict=True)
+               for s, o in zip(group, outs, strict=True) if o != "ok"]
+    assert await outbox_ids(cluster, [ob.id for s in refused for ob in s.outbox]) == 0
+    assert await cluster.invariants() == []
+
+
+async def test_a_call_for_several_slots_whose_counts_do_not_split_its_requests_is_refused(cluster: Cluster) -> None:
+    from dropslot_booking.adapters.hotpath import RESERVE_SLOTS, reserve_slots_args
+
+    slot = uuid.UUID((await fresh_slot(cluster, capacity=5))["id"])
+    hot, now = cluster.booking.hot, datetime.now(UTC)
+    batch = [seat(), seat()]
+    args = reserve_slots_args(now, [(slot, batch)])
+    args[2] = [3]  # three requests said, two given
+    assert hot.pool is not None
+    with pytest.raises(asyncpg.exceptions.RaiseError, match="one run per slot"):
+        await hot.pool.fetch(RESERVE_SLOTS, *args)
+    assert await outbox_ids(cluster, [ob.id for s in batch for ob in s.outbox]) == 0
+    assert await cluster.invariants() == []
 
 
 async def test_the_batcher_takes_many_slots_at_once_and_sells_each_exactly(cluster: Cluster) -> None:

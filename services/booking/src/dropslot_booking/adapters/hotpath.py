@@ -1,9 +1,9 @@
 """The reserve transaction on raw asyncpg (the hot path), and the group-commit batcher.
 
-SQLAlchemy costs ~0.1-0.2 ms CPU per statement; here every request is one call of
-`booking.reserve_seats` (see the migration; `booking.reserve_batch` for a large batch of one
-slot) on a small dedicated pool, in autocommit: one round trip, one short transaction, the slot
-row locked only for its tail and the commit.
+SQLAlchemy costs ~0.1-0.2 ms CPU per statement; here every transaction is one call of
+`booking.reserve_seats` (see the migrations; `booking.reserve_batch` for a large batch of one
+slot, `booking.reserve_slots` for several slots) on a small dedicated pool, in autocommit: one
+round trip, one short transaction, each slot row locked only for its tail and the commit.
 """
 
 from __future__ import annotations
@@ -64,13 +64,11 @@ def reserve_sql(seats: int) -> str:
     return RESERVE_BATCH if seats >= SET_FROM else RESERVE
 
 
-# A transaction of several slots writes its outbox rows after the slots' calls, in one statement:
-# the granted seats' events, seat by seat (see reserve_groups).
-INSERT_OUTBOX = """
-INSERT INTO booking.outbox (id, routing_key, envelope, traceparent)
-SELECT o.id, o.rk, o.env::json, o.tp
-FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) WITH ORDINALITY AS o(id, rk, env, tp, n)
-ORDER BY o.n
+# Several slots: the whole transaction in one call (booking_0006), the slots' requests one run
+# after another in the arrays, the slots in id order.
+RESERVE_SLOTS = """
+SELECT r_idx, r_outcome FROM booking.reserve_slots(
+    $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)
 """
 
 
@@ -108,28 +106,34 @@ def events_in_order(seats: Sequence[Seat]) -> list[tuple[int, Outbox]]:
     return [(i, ob) for i, seat in enumerate(seats, start=1) for ob in seat.outbox]
 
 
-def reserve_args(slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat], *, outbox: bool = True) -> list[Any]:
-    """`reserve_seats`' arguments; with `outbox` False, no outbox rows (the caller writes them)."""
-    ob_owner: list[int] = []
-    ob_ids: list[uuid.UUID] = []
-    ob_rks: list[str] = []
-    ob_envs: list[str] = []
-    ob_tps: list[str | None] = []
-    for i, ob in events_in_order(seats) if outbox else []:
-        ob_owner.append(i)
-        ob_ids.append(ob.id)
-        ob_rks.append(ob.routing_key)
-        ob_envs.append(ob.envelope)
-        ob_tps.append(ob.traceparent)
+def _seat_arrays(seats: Sequence[Seat]) -> list[list[Any]]:
+    """The per-request arrays of `reserve_seats` (and of the other two forms), in order."""
     return [
-        slot_id, now,
         [s.id for s in seats], [s.user_id for s in seats], [s.key for s in seats],
         [s.fingerprint for s in seats], [s.response for s in seats], [s.state for s in seats],
         [s.expires_at for s in seats], [s.confirmed_at for s in seats], [s.note for s in seats],
         [s.token for s in seats], [s.qr_code_url for s in seats], [s.amount_cents for s in seats],
         [s.currency for s in seats], [s.requires_payment for s in seats],
-        ob_owner, ob_ids, ob_rks, ob_envs, ob_tps,
     ]
+
+
+def _outbox_arrays(seats: Sequence[Seat]) -> list[list[Any]]:
+    """The outbox arrays: each event with its seat's number (from 1), seat by seat."""
+    events = events_in_order(seats)
+    return [[i for i, _ in events], [ob.id for _, ob in events], [ob.routing_key for _, ob in events],
+            [ob.envelope for _, ob in events], [ob.traceparent for _, ob in events]]
+
+
+def reserve_args(slot_id: uuid.UUID, now: datetime, seats: Sequence[Seat]) -> list[Any]:
+    """The arguments of `reserve_seats` / `reserve_batch` for one slot's requests."""
+    return [slot_id, now, *_seat_arrays(seats), *_outbox_arrays(seats)]
+
+
+def reserve_slots_args(now: datetime, groups: Sequence[tuple[uuid.UUID, Sequence[Seat]]]) -> list[Any]:
+    """The arguments of `reserve_slots` for several slots' requests, the slots in the given order."""
+    seats = [seat for _, group in groups for seat in group]
+    return [now, [slot_id for slot_id, _ in groups], [len(group) for _, group in groups], SET_FROM,
+            *_seat_arrays(seats), *_outbox_arrays(seats)]
 
 
 async def _reset(conn: asyncpg.Connection) -> None:
@@ -197,40 +201,25 @@ class HotPath:
     async def reserve_groups(
         self, now: datetime, groups: Sequence[tuple[uuid.UUID, Sequence[Seat]]]
     ) -> list[list[str]]:
-        """Outcomes per group of seats, after the commit. One slot is one call of
-        `reserve_seats` in autocommit (one round trip, no BEGIN/COMMIT). Several slots go in ONE
-        transaction (one commit, one outbox wake), each slot's call in turn, in slot-id order:
-        two replicas lock slot rows in the same order, so they cannot deadlock over them.
-
-        In that transaction the slots' calls write no outbox rows; the granted seats' events are
-        written after them in one INSERT, seat by seat in slot-id order (the refused seats' are
-        never written, so nothing has to be undone in the outbox)."""
+        """Outcomes per group of seats, after the commit. One call in autocommit: one round trip,
+        no BEGIN/COMMIT. One slot is a call of `reserve_seats` (`reserve_batch` for a large
+        batch); several slots are ONE call of `reserve_slots` (one transaction, one commit, one
+        outbox wake), which takes the slots in id order: two replicas lock slot rows in the same
+        order, so they cannot deadlock over them. The granted seats' events are written seat by
+        seat (the refused seats' never are)."""
         assert self.pool is not None
-        pool = self.pool
         order = sorted(range(len(groups)), key=lambda g: groups[g][0])
-        several = len(groups) > 1
-        args = {g: reserve_args(groups[g][0], now, groups[g][1], outbox=not several) for g in order}
-
-        async def run() -> dict[int, list[str]]:
-            if not several:
-                seats = len(groups[0][1])
-                return {0: _outcomes(await pool.fetch(reserve_sql(seats), *args[0]), seats)}
-            results: dict[int, list[str]] = {}
-            async with pool.acquire() as conn, conn.transaction():
-                for g in order:
-                    seats = len(groups[g][1])
-                    results[g] = _outcomes(await conn.fetch(reserve_sql(seats), *args[g]), seats)
-                rows = _granted_outbox([(groups[g][1], results[g]) for g in order])
-                if rows:
-                    # The slots' calls set dropslot.outbox_quiet for this transaction when they granted
-                    # a seat: this insert does not NOTIFY either (booking_0003).
-                    await conn.execute(INSERT_OUTBOX, *rows)
-            return results
+        if len(groups) == 1:
+            seats = len(groups[0][1])
+            sql, args = reserve_sql(seats), reserve_args(groups[0][0], now, groups[0][1])
+        else:
+            seats = sum(len(group) for _, group in groups)
+            sql, args = RESERVE_SLOTS, reserve_slots_args(now, [groups[g] for g in order])
 
         for attempt in range(3):
             try:
                 started = time.perf_counter()
-                results = await run()
+                flat = _outcomes(await self.pool.fetch(sql, *args), seats)
                 RESERVE_TXN.observe(time.perf_counter() - started)
                 break
             except asyncpg.exceptions.DeadlockDetectedError:
@@ -240,21 +229,15 @@ class HotPath:
                 if attempt == 2:
                     raise
                 log.warning("deadlock in a reserve transaction of %d slot(s); retrying", len(groups))
+        results: dict[int, list[str]] = {}
+        at = 0
+        for g in order:
+            results[g] = flat[at : at + len(groups[g][1])]
+            at += len(groups[g][1])
         outcomes = [results[g] for g in range(len(groups))]
         if self.on_commit is not None and any("ok" in o for o in outcomes):
             self.on_commit()
         return outcomes
-
-
-def _granted_outbox(groups: Sequence[tuple[Sequence[Seat], list[str]]]) -> list[list[Any]] | None:
-    """INSERT_OUTBOX's arrays for the events of the seats granted ("ok"), in group and seat order
-    as `events_in_order` lays them out; None if there are none."""
-    granted = [seat for seats, outcomes in groups for seat, o in zip(seats, outcomes, strict=True) if o == "ok"]
-    rows = [ob for _, ob in events_in_order(granted)]
-    if not rows:
-        return None
-    return [[r.id for r in rows], [r.routing_key for r in rows], [r.envelope for r in rows],
-            [r.traceparent for r in rows]]
 
 
 def _outcomes(rows: Sequence[asyncpg.Record], n: int) -> list[str]:
@@ -319,9 +302,8 @@ class SlotBatcher:
 
     The first request starts a transaction at once; requests that arrive while it is in flight
     wait (nothing else) and are taken together by the next one: up to `max_batch` per slot, from
-    up to `max_slots` slots, each slot's seats in one `reserve_seats` call, all in one
-    transaction (`HotPath.reserve_groups`). On one hot slot that is one call per transaction;
-    across many slots (a drop of 20 slots) it turns a small transaction per slot, each with its
+    up to `max_slots` slots, all in one transaction of one call (`HotPath.reserve_groups`).
+    Across many slots (a drop of 20 slots) it turns a small transaction per slot, each with its
     commit and its outbox messages, into one. Every request is answered only after the
     transaction holding it committed, so nothing in memory is needed for correctness: a crash
     loses only unanswered requests whose transaction did not commit (and a retry with the same
