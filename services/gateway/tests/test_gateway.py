@@ -175,6 +175,18 @@ def test_replicas_with_fewer_requests_in_flight_come_first_and_equals_take_turns
     assert all(o[-1] == "http://c" for o in (replicas.order() for _ in range(3)))
 
 
+def test_a_replica_just_found_unreachable_comes_last_for_a_while():
+    replicas = Replicas("booking", ["http://a", "http://b"], down_seconds=0.05)
+    replicas.inflight["http://b"] = 4
+    replicas.unreachable("http://a")  # nothing in flight there, yet it is not tried first
+    assert all(replicas.order() == ["http://b", "http://a"] for _ in range(3))
+    time.sleep(0.06)
+    assert replicas.order()[0] == "http://a"  # its time is up: tried again
+    replicas.unreachable("http://a")
+    replicas.reached("http://a")  # it answered after all
+    assert replicas.order()[0] == "http://a"
+
+
 async def test_a_replica_still_busy_with_a_request_gets_the_next_ones_after_the_others(gw):
     c = gw["client"]
     slow = asyncio.create_task(c.get("/api/v1/slots/slow"))  # held 1 s (the gateway's timeout)
