@@ -209,11 +209,10 @@ class HotPath:
         seat (the refused seats' never are)."""
         assert self.pool is not None
         order = sorted(range(len(groups)), key=lambda g: groups[g][0])
+        seats = sum(len(group) for _, group in groups)
         if len(groups) == 1:
-            seats = len(groups[0][1])
             sql, args = reserve_sql(seats), reserve_args(groups[0][0], now, groups[0][1])
         else:
-            seats = sum(len(group) for _, group in groups)
             sql, args = RESERVE_SLOTS, reserve_slots_args(now, [groups[g] for g in order])
 
         for attempt in range(3):
@@ -229,13 +228,11 @@ class HotPath:
                 if attempt == 2:
                     raise
                 log.warning("deadlock in a reserve transaction of %d slot(s); retrying", len(groups))
-        results: dict[int, list[str]] = {}
+        outcomes: list[list[str]] = [[] for _ in groups]  # flat is in slot-id order: back to the caller's
         at = 0
         for g in order:
-            results[g] = flat[at : at + len(groups[g][1])]
-            at += len(groups[g][1])
-        outcomes = [results[g] for g in range(len(groups))]
-        if self.on_commit is not None and any("ok" in o for o in outcomes):
+            outcomes[g], at = flat[at : at + len(groups[g][1])], at + len(groups[g][1])
+        if self.on_commit is not None and "ok" in flat:
             self.on_commit()
         return outcomes
 
