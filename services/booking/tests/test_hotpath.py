@@ -13,7 +13,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from dropslot_booking.adapters.hotpath import Outbox, Seat
+from dropslot_booking.adapters.hotpath import SET_FROM, Outbox, Seat, warm_up
 from dropslot_booking.adapters.sql import all_rows, one
 from dropslot_booking.service.metrics import RESERVE_TXN
 
@@ -384,3 +384,32 @@ async def test_a_cancelled_key_lookup_leaves_the_others_be(cluster: Cluster) -> 
     with pytest.raises(asyncio.CancelledError):
         await gone
     assert lookups.queries == 1
+
+
+async def test_reserve_connections_start_warm_and_the_warm_up_leaves_nothing_behind(cluster: Cluster) -> None:
+    for replica in cluster.replicas:
+        hot = replica.booking.hot
+        assert hot.warmed >= hot.pool_size  # every connection, before the pool handed it out
+    conn = await asyncpg.connect(cluster.booking.hot.settings.plain_service_dsn(),
+                                 server_settings={"search_path": "booking"})
+    try:
+        outcomes = await warm_up(conn)
+        assert not conn.is_in_transaction()
+    finally:
+        await conn.close()
+    # Five rounds: SET_FROM seats through reserve_batch, one through reserve_seats, and both
+    # forms again in one reserve_slots call. Every one was granted a seat, so rows were written...
+    assert outcomes == ["ok"] * 5 * 2 * (SET_FROM + 1)
+    # ...and none of them is left.
+    async with cluster.booking.db.uow() as uow:
+        from dropslot_booking.adapters.sql import set_scope
+
+        await set_scope(uow.conn, all_rows=True)
+        left = await one(uow.conn, """
+            SELECT (SELECT count(*) FROM drops WHERE tenant_key = 'warm-up')
+                 + (SELECT count(*) FROM slots WHERE tenant_key = 'warm-up')
+                 + (SELECT count(*) FROM reservations WHERE tenant_key = 'warm-up')
+                 + (SELECT count(*) FROM idempotency_keys WHERE fingerprint = 'warm-up')
+                 + (SELECT count(*) FROM outbox WHERE routing_key = 'booking.warm_up') AS n""")
+    assert left is not None and left["n"] == 0
+    assert await cluster.invariants() == []
