@@ -40,8 +40,10 @@ test-e2e: install
 lint: install
 	$(PY) -m ruff check libs services tests bench
 
+# Each service on its own (checked all at once, mypy reported import errors here that no single check does).
 typecheck: install
 	$(PY) -m mypy libs/kit/src libs/contracts/src
+	@for s in services/*/src; do echo "mypy $$s"; $(PY) -m mypy $$s || exit 1; done
 
 bootstrap: install
 	$(PY) -m dropslot_kit.bootstrap

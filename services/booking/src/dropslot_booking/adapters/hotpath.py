@@ -169,7 +169,7 @@ def _warm_seat(user: uuid.UUID, now: datetime) -> Seat:
 async def warm_up(conn: asyncpg.Connection) -> list[str]:
     """Run every statement of the hot path on a new connection before the pool hands it out,
     and return the reserve calls' outcomes (all 'ok' when it worked). A backend's first call of
-    a reserve function compiles it and plans its statements: ~10-19 ms against ~2 ms after
+    a reserve function compiles it and plans its statements: ~13-19 ms against ~2 ms after
     (40 requests through `reserve_batch` on a fresh connection, idle machine), and the next four
     calls are ~0.5 ms dearer again while PostgreSQL still plans them for their parameters. Left
     to the first storm, that is the first transactions of every connection of every replica in
@@ -337,6 +337,8 @@ class KeyLookups(Coalescer[tuple[uuid.UUID, str], Any]):
     pool and giving it back cost ~100 µs of CPU per query here (asyncpg's acquire and release),
     more than the query itself (~60-90 µs for a batch of ~10 keys). It goes back to the pool as
     soon as nobody waits, and after any failed query (a broken connection is not reused)."""
+
+    queue: list[tuple[tuple[uuid.UUID, str], asyncio.Future[Any]]]  # Coalescer's, spelled out for mypy
 
     def __init__(self, hot: HotPath, *, max_batch: int = 500):
         super().__init__(max_batch=max_batch)
