@@ -14,7 +14,7 @@ from typing import Any
 import asyncpg
 import pytest
 from dropslot_booking.adapters.hotpath import SET_FROM, Outbox, Seat, warm_up
-from dropslot_booking.adapters.sql import all_rows, one
+from dropslot_booking.adapters.sql import all_rows, one, set_scope
 from dropslot_booking.service.metrics import RESERVE_TXN
 
 from .conftest import Cluster
@@ -54,8 +54,6 @@ async def test_a_batch_gets_the_free_seats_in_arrival_order_and_nothing_else(clu
     refused_events = [ob.id for s in seats[4:] for ob in s.outbox]
     assert await outbox_ids(cluster, refused_events) == 0
     async with cluster.booking.db.uow() as uow:
-        from dropslot_booking.adapters.sql import set_scope
-
         await set_scope(uow.conn, all_rows=True)
         rows = await all_rows(uow.conn, "SELECT id FROM reservations WHERE slot_id = :s", s=uuid.UUID(slot["id"]))
     assert {r["id"] for r in rows} == {s.id for s in seats[:4]}
@@ -100,8 +98,6 @@ async def test_what_a_batch_refuses_leaves_nothing_behind(cluster: Cluster, sql:
     refused = [batch[1], batch[3], batch[4]]
     assert await outbox_ids(cluster, [ob.id for s in refused for ob in s.outbox]) == 0
     async with cluster.booking.db.uow() as uow:
-        from dropslot_booking.adapters.sql import set_scope
-
         await set_scope(uow.conn, all_rows=True)
         reservations = await all_rows(uow.conn, "SELECT id FROM reservations WHERE id = ANY(:ids)",
                                       ids=[s.id for s in batch])
@@ -402,8 +398,6 @@ async def test_reserve_connections_start_warm_and_the_warm_up_leaves_nothing_beh
     assert outcomes == ["ok"] * 5 * 2 * (SET_FROM + 1)
     # ...and none of them is left.
     async with cluster.booking.db.uow() as uow:
-        from dropslot_booking.adapters.sql import set_scope
-
         await set_scope(uow.conn, all_rows=True)
         left = await one(uow.conn, """
             SELECT (SELECT count(*) FROM drops WHERE tenant_key = 'warm-up')

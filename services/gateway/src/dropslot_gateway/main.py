@@ -89,11 +89,8 @@ class Upstream:
         start = next(self._rr)
         urls = self.urls[start:] + self.urls[:start]
         if len(urls) > 1:
-            if self.down_until:
-                now = time.monotonic()
-                urls.sort(key=lambda u: (self.down_until.get(u, 0.0) > now, self.inflight[u]))
-            else:
-                urls.sort(key=self.inflight.__getitem__)
+            now = time.monotonic() if self.down_until else 0.0
+            urls.sort(key=lambda u: (self.down_until.get(u, 0.0) > now, self.inflight[u]))
         return urls
 
     def unreachable(self, url: str) -> None:

@@ -157,12 +157,12 @@ class _RollBack(Exception):
     pass
 
 
-def _warm_seat(user: uuid.UUID, now: datetime) -> Seat:
-    rid = uuid.uuid4()
+def _warm_seat(now: datetime) -> Seat:
+    """A request of a person of its own, with a key of its own."""
     env = '{"warm_up": true}'
-    return Seat(id=rid, user_id=user, key=uuid.uuid4().hex, fingerprint="warm-up", response=env, state="CONFIRMED",
-                expires_at=None, confirmed_at=now, note=None, token=None, qr_code_url=None, amount_cents=0,
-                currency="EUR", requires_payment=False,
+    return Seat(id=uuid.uuid4(), user_id=uuid.uuid4(), key=uuid.uuid4().hex, fingerprint="warm-up", response=env,
+                state="CONFIRMED", expires_at=None, confirmed_at=now, note=None, token=None, qr_code_url=None,
+                amount_cents=0, currency="EUR", requires_payment=False,
                 outbox=[Outbox(uuid.uuid4(), "booking.warm_up", env, None) for _ in range(2)])
 
 
@@ -183,12 +183,12 @@ async def warm_up(conn: asyncpg.Connection) -> list[str]:
             await conn.execute(WARM_DROP, drop, store)
             await conn.execute(WARM_SLOTS, slots, drop, store)
             for _ in range(5):  # past PostgreSQL's five custom plans of each statement
-                batch = [_warm_seat(uuid.uuid4(), now) for _ in range(SET_FROM)]
+                batch = [_warm_seat(now) for _ in range(SET_FROM)]
                 rows = await conn.fetch(RESERVE_BATCH, *reserve_args(slots[0], now, batch))
-                rows += await conn.fetch(RESERVE, *reserve_args(slots[1], now, [_warm_seat(uuid.uuid4(), now)]))
+                rows += await conn.fetch(RESERVE, *reserve_args(slots[1], now, [_warm_seat(now)]))
                 rows += await conn.fetch(RESERVE_SLOTS, *reserve_slots_args(now, [
-                    (slots[0], [_warm_seat(uuid.uuid4(), now) for _ in range(SET_FROM)]),
-                    (slots[1], [_warm_seat(uuid.uuid4(), now)])]))
+                    (slots[0], [_warm_seat(now) for _ in range(SET_FROM)]),
+                    (slots[1], [_warm_seat(now)])]))
                 outcomes += [r["r_outcome"] for r in rows]
                 await conn.fetch(STORED_MANY, [s.user_id for s in batch], [s.key for s in batch])
                 await conn.fetchrow(STORED, batch[0].user_id, batch[0].key)
